@@ -1,0 +1,56 @@
+"""Applying the current sequence length to a batch (slw-spec section 3).
+
+A batch arrives as raw windows of `full_length + 1` tokens, shape (B, e+1).
+Both modes return aligned (inputs, targets) of shape (rows, L) and the number
+of tokens actually trained on, `rows * L`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def split_inputs_targets(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, n+1) windows -> inputs (B, n) and next-token targets (B, n)."""
+    return windows[:, :-1], windows[:, 1:]
+
+
+def truncate_batch(windows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The paper's truncation: keep the first `length` tokens of every sample.
+
+    Cut the raw windows to length+1 *before* splitting, so the target of the
+    last kept input is the token right after it, not the window's last token.
+    """
+    full = windows.shape[1] - 1
+    if not 0 < length <= full:
+        raise ValueError(f"length={length} must be in 1..{full} (the windows' full length)")
+    x, y = split_inputs_targets(windows[:, : length + 1])  # (B, L), (B, L)
+    return x, y, x.numel()
+
+
+def reshape_batch(windows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Re-chunk each sample's tokens into rows of `length`: more rows, no token dropped
+    (up to the remainder `full % length` per sample, which cannot fill a row)."""
+    full = windows.shape[1] - 1
+    if not 0 < length <= full:
+        raise ValueError(f"length={length} must be in 1..{full} (the windows' full length)")
+    x, y = split_inputs_targets(windows)  # (B, e)
+    chunks = full // length
+    used = chunks * length
+    x = x[:, :used].reshape(-1, length)  # (B * chunks, L)
+    y = y[:, :used].reshape(-1, length)
+    return x, y, x.numel()
+
+
+def truncate_attention_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Cut a 4-D attention mask (B, H, e, e) to (B, H, L, L)."""
+    return mask[:, :, :length, :length]
+
+
+def apply_seqlen(windows: torch.Tensor, length: int, mode: str = "truncate"):
+    """Dispatch on the SLW mode: returns (inputs, targets, tokens)."""
+    if mode == "truncate":
+        return truncate_batch(windows, length)
+    if mode == "reshape":
+        return reshape_batch(windows, length)
+    raise ValueError(f"unknown slw mode {mode!r}; expected truncate or reshape")

@@ -1,0 +1,431 @@
+"""The job spec: one pydantic model used by the CLI, the REST API and the presets.
+
+Validation happens here, once. Field rules (types, ranges, unknown keys, NaN)
+come from pydantic; cross-field rules live in `JobSpec.problems()` and are all
+reported together. `parse_spec` is the one entry point that turns untrusted
+input into a `JobSpec` or raises `SpecError` naming every bad field and value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from slwtune.errors import SpecError
+
+Pacing = Literal["fixed_linear", "fixed_root", "fixed_discrete"]
+SlwMode = Literal["truncate", "reshape"]
+Strategy = Literal["paper", "optuna", "grid"]
+Decay = Literal["cosine", "linear", "constant"]
+Tokenizer = Literal["bytes", "bpe", "gpt2"]
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys and NaN/Inf are errors, assignments re-validate."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    """The GPT to train: a preset from `slwtune.model.MODEL_PRESETS`, optionally overridden."""
+
+    preset: str = Field("tiny", description="model preset name (gpt2-117m, gpt3-125m, tiny, ...)")
+    n_layer: int | None = Field(None, gt=0)
+    n_head: int | None = Field(None, gt=0)
+    n_embd: int | None = Field(None, gt=0)
+    context_length: int | None = Field(None, gt=0, description="maximum sequence length")
+    vocab_size: int | None = Field(None, gt=0, description="defaults to the dataset's vocabulary")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = True
+
+
+class DataSpec(_Section):
+    """The token data and how batches are drawn from it."""
+
+    path: str = Field(
+        "builtin:shakespeare",
+        description="a prepared dataset dir (`slwtune data prepare`) or builtin:shakespeare",
+    )
+    tokenizer: Tokenizer = Field("bpe", description="used when a builtin dataset is prepared")
+    vocab_size: int = Field(4096, ge=256, le=2**32, description="BPE vocabulary for builtin data")
+    batch_size: int = Field(16, gt=0, description="global batch, in full-length sequences")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="rows per forward per worker; the rest is gradient accumulation"
+    )
+
+
+class OptimSpec(_Section):
+    """AdamW with step-based LR warmup and token-based decay (slw-spec section 4)."""
+
+    lr: float = Field(1e-3, gt=0.0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    lr_warmup_steps: int = Field(100, ge=0)
+    decay: Decay = "cosine"
+    decay_tokens: int | None = Field(
+        None, gt=0, description="tokens at which decay reaches min_lr; default budget.train_tokens"
+    )
+
+
+class SlwSpec(_Section):
+    """Sequence Length Warmup (slw-spec section 2 and 3)."""
+
+    enabled: bool = True
+    start_length: int = Field(8, gt=0, description="s: the first sequence length")
+    full_length: int = Field(128, gt=0, description="e: the full sequence length")
+    duration_steps: int = Field(200, gt=0, description="T: steps to grow from s to e")
+    step_size: int = Field(8, gt=0, description="k: lengths are multiples of this")
+    pacing: Pacing = "fixed_linear"
+    root_degree: float = Field(2.0, ge=1.0, description="r for fixed_root")
+    discrete_lengths: list[int] | None = None
+    discrete_max_steps: list[int] | None = None
+    mode: SlwMode = Field("truncate", description="truncate (the paper) or reshape (no token dropped)")
+
+
+class BudgetSpec(_Section):
+    """How long the full run trains."""
+
+    train_tokens: int = Field(1_000_000, gt=0, description="the full run stops at this many tokens")
+
+
+class RunSpec(_Section):
+    """Evaluation, checkpointing and performance settings of a training run."""
+
+    eval_every_steps: int = Field(25, gt=0)
+    eval_batches: int = Field(4, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0, description="default: data.batch_size")
+    log_every_steps: int = Field(5, gt=0)
+    stats_every_steps: int = Field(10, gt=0, description="Adam variance stats (one host sync)")
+    checkpoint_every_steps: int = Field(100, gt=0)
+    compile: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class StabilitySpec(_Section):
+    """Thresholds of the stability verdict (see `slwtune.stability`)."""
+
+    loss_ratio_max: float = Field(1.5, gt=1.0, description="train loss / min earlier loss above this: diverged")
+    ppl_rise_tolerance: float = Field(
+        0.05, ge=0.0, description="val ppl above (1+tol) x best earlier: fluctuating"
+    )
+    min_steps: int = Field(0, ge=0, description="loss ratios before this step are ignored")
+    early_fraction: float = Field(0.25, gt=0.0, le=1.0, description="share of the probe that counts as early")
+
+
+class TuningSpec(_Section):
+    """The probe search over (start length, duration T) (slw-spec section 5)."""
+
+    strategy: Strategy = "paper"
+    probe_warmup_multiples: float = Field(
+        3.0, gt=0.0, description="probe window = this x optim.lr_warmup_steps"
+    )
+    probe_steps: int | None = Field(None, gt=0, description="explicit probe window (overrides multiples)")
+    duration_min: int = Field(50, gt=0, description="T_min of the search")
+    duration_max: int = Field(800, gt=0, description="T_max of the search")
+    resolution: int = Field(50, gt=0, description="stop when the T interval is narrower than this")
+    slots: int = Field(2, gt=0, description="probes per round of the k-ary search")
+    max_rounds: int = Field(4, gt=0)
+    max_start_length: int = Field(64, gt=0, description="doubling the start length stops here")
+    start_lengths: list[int] | None = Field(None, description="grid strategy: start lengths")
+    durations: list[int] | None = Field(None, description="grid strategy: durations T")
+    n_trials: int = Field(8, gt=0, le=1000, description="optuna strategy: number of trials")
+    optuna_storage: str | None = Field(None, description="RDB URL of the optuna study; default under the job dir")
+    max_concurrent_trials: int = Field(2, gt=0)
+    reuse_probe_checkpoint: bool = Field(True, description="full run continues from the winning probe")
+    stability: StabilitySpec = StabilitySpec()
+
+
+class ResourcesSpec(_Section):
+    """Ray Train workers of one trial or run."""
+
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+
+
+class TrackingSpec(_Section):
+    """Where runs are logged. Empty values fall back to the environment."""
+
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI")
+    experiment: str | None = Field(None, description="default: the job name")
+
+
+class JobSpec(_Section):
+    """One slwtune job: what to train, on what, and how to tune SLW for it."""
+
+    name: str = Field("slwtune-job", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    seed: int = Field(1234, ge=0)
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    optim: OptimSpec = OptimSpec()
+    slw: SlwSpec = SlwSpec()
+    budget: BudgetSpec = BudgetSpec()
+    run: RunSpec = RunSpec()
+    tuning: TuningSpec = TuningSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "JobSpec":
+        problems = self.problems()
+        if problems:
+            # The structured list travels in the error context; parse_spec unpacks it.
+            raise PydanticCustomError(
+                "spec_rules",
+                "{summary}",
+                {"summary": "; ".join(f"{p['loc']}={p['value']!r}: {p['msg']}" for p in problems),
+                 "problems": problems},
+            )
+        return self
+
+    # ---- derived values (one place for each) --------------------------------
+
+    def context_length(self) -> int:
+        """The model's context: the explicit override, else the preset's."""
+        if self.model.context_length is not None:
+            return self.model.context_length
+        from slwtune.model import MODEL_PRESETS
+
+        return int(MODEL_PRESETS[self.model.preset]["context_length"])
+
+    def probe_steps(self) -> int:
+        """Steps in one probe window: explicit, or multiples of the LR warmup."""
+        if self.tuning.probe_steps is not None:
+            return self.tuning.probe_steps
+        return max(1, math.ceil(self.tuning.probe_warmup_multiples * max(self.optim.lr_warmup_steps, 1)))
+
+    def micro_batch_size(self) -> int:
+        """Rows per forward pass per worker."""
+        per_worker = self.data.batch_size // self.resources.num_workers
+        return self.data.micro_batch_size or per_worker
+
+    def grad_accum_steps(self) -> int:
+        """Micro-batches per optimizer step per worker."""
+        return self.data.batch_size // (self.resources.num_workers * self.micro_batch_size())
+
+    def decay_tokens(self) -> int:
+        return self.optim.decay_tokens or self.budget.train_tokens
+
+    # ---- cross-field rules ---------------------------------------------------
+
+    def problems(self) -> list[dict]:
+        """Every cross-field problem, each as {loc, msg, value}; empty when valid."""
+        out: list[dict] = []
+
+        def bad(loc: str, value: Any, msg: str) -> None:
+            out.append({"loc": loc, "value": value, "msg": msg})
+
+        from slwtune.model import MODEL_PRESETS
+
+        if self.model.preset not in MODEL_PRESETS:
+            bad("model.preset", self.model.preset, f"unknown preset; choose one of {sorted(MODEL_PRESETS)}")
+            ctx = self.model.context_length
+        else:
+            ctx = self.context_length()
+        n_head = self.model.n_head or MODEL_PRESETS.get(self.model.preset, {}).get("n_head")
+        n_embd = self.model.n_embd or MODEL_PRESETS.get(self.model.preset, {}).get("n_embd")
+        if n_head and n_embd and n_embd % n_head:
+            bad("model.n_embd", n_embd, f"must be a multiple of model.n_head={n_head}")
+
+        s = self.slw
+        if s.start_length % s.step_size:
+            bad("slw.start_length", s.start_length,
+                f"must be a multiple of slw.step_size={s.step_size} (rounding would drop below it)")
+        if s.start_length > s.full_length:
+            bad("slw.start_length", s.start_length, f"must be <= slw.full_length={s.full_length}")
+        if ctx is not None and s.full_length > ctx:
+            bad("slw.full_length", s.full_length, f"exceeds the model context_length={ctx}")
+        if s.pacing == "fixed_discrete":
+            if not s.discrete_lengths:
+                bad("slw.discrete_lengths", s.discrete_lengths, "required when slw.pacing=fixed_discrete")
+            elif len(s.discrete_max_steps or []) != len(s.discrete_lengths) - 1:
+                bad("slw.discrete_max_steps", s.discrete_max_steps,
+                    f"needs len(slw.discrete_lengths)-1={len(s.discrete_lengths) - 1} entries")
+            else:
+                if any(x <= 0 or x > s.full_length for x in s.discrete_lengths):
+                    bad("slw.discrete_lengths", s.discrete_lengths, f"each must be in 1..slw.full_length={s.full_length}")
+                steps = s.discrete_max_steps or []
+                if any(b <= a for a, b in zip(steps, steps[1:])) or any(x <= 0 for x in steps):
+                    bad("slw.discrete_max_steps", steps, "must be positive and strictly increasing")
+
+        o = self.optim
+        if o.min_lr > o.lr:
+            bad("optim.min_lr", o.min_lr, f"must be <= optim.lr={o.lr}")
+        if not all(0.0 <= b < 1.0 for b in o.betas):
+            bad("optim.betas", list(o.betas), "each beta must be in [0, 1)")
+
+        d = self.data
+        workers = self.resources.num_workers
+        if d.batch_size % workers:
+            bad("data.batch_size", d.batch_size, f"must be divisible by resources.num_workers={workers}")
+        elif d.micro_batch_size is not None and (d.batch_size // workers) % d.micro_batch_size:
+            bad("data.micro_batch_size", d.micro_batch_size,
+                f"must divide the per-worker batch {d.batch_size // workers}")
+        if self.budget.train_tokens < d.batch_size * s.full_length:
+            bad("budget.train_tokens", self.budget.train_tokens,
+                f"smaller than one full-length step ({d.batch_size * s.full_length} tokens)")
+        if self.resources.use_gpu and self.resources.gpus_per_worker <= 0:
+            bad("resources.gpus_per_worker", self.resources.gpus_per_worker, "must be > 0 with resources.use_gpu")
+
+        t = self.tuning
+        if t.duration_min > t.duration_max:
+            bad("tuning.duration_min", t.duration_min, f"must be <= tuning.duration_max={t.duration_max}")
+        if t.max_start_length < s.start_length:
+            bad("tuning.max_start_length", t.max_start_length, f"must be >= slw.start_length={s.start_length}")
+        if t.max_start_length % s.step_size:
+            bad("tuning.max_start_length", t.max_start_length, f"must be a multiple of slw.step_size={s.step_size}")
+        if t.strategy == "grid":
+            if not t.start_lengths:
+                bad("tuning.start_lengths", t.start_lengths, "required when tuning.strategy=grid")
+            if not t.durations:
+                bad("tuning.durations", t.durations, "required when tuning.strategy=grid")
+        for x in t.start_lengths or []:
+            if x <= 0 or x % s.step_size or x > s.full_length:
+                bad("tuning.start_lengths", t.start_lengths,
+                    f"each must be a positive multiple of slw.step_size={s.step_size} and <= slw.full_length")
+                break
+        if any(x <= 0 for x in t.durations or []):
+            bad("tuning.durations", t.durations, "each must be > 0")
+        return out
+
+    # ---- serialisation -------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def flat(self) -> dict[str, Any]:
+        """The spec as {dotted.key: value} (MLflow params)."""
+        return flatten(self.to_dict())
+
+
+# ---- parsing, overrides, presets ------------------------------------------------
+
+
+def _loc(parts: tuple) -> str:
+    return ".".join(str(p) for p in parts) or "<root>"
+
+
+def _value_at(data: Any, parts: tuple) -> Any:
+    for p in parts:
+        try:
+            data = data[p]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate untrusted input into a JobSpec, or raise SpecError listing every problem."""
+    if isinstance(data, JobSpec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError([{"loc": "<root>", "value": type(data).__name__, "msg": "a job spec must be a mapping"}])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems: list[dict] = []
+        for err in exc.errors(include_url=False):
+            if err["type"] == "spec_rules":
+                problems.extend(err["ctx"]["problems"])
+                continue
+            loc = _loc(err["loc"])
+            value = _value_at(data, err["loc"]) if err["type"] != "extra_forbidden" else err.get("input")
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append({"loc": loc, "value": value, "msg": msg})
+        raise SpecError(problems) from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`dotted.key=value` -> (key, value); the value is read as YAML (numbers, lists, bools)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError([{"loc": "--set", "value": text, "msg": "expected dotted.key=value"}])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any] | list[str] | None) -> dict:
+    """Return a copy of `data` with each dotted key set; unknown keys fail later, in parse_spec."""
+    import copy
+
+    out = copy.deepcopy(data)
+    if not overrides:
+        return out
+    items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
+    for key, value in items:
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError([{"loc": ".".join(parts[: i + 1]), "value": nxt,
+                                  "msg": f"is not a section, cannot set {key}"}])
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def presets_dir() -> Path:
+    """The folder of YAML presets: $SLWTUNE_PRESETS_DIR, else the repo's search_spaces/."""
+    env = os.environ.get("SLWTUNE_PRESETS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def preset_data(name: str) -> dict:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise SpecError([{"loc": "preset", "value": name, "msg": f"unknown preset; choose one of {list_presets()}"}])
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_spec(source: str | Path, overrides: list[str] | dict | None = None) -> JobSpec:
+    """A spec from a YAML/JSON file path or a preset name, with overrides applied."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError([{"loc": "<file>", "value": str(path), "msg": f"not valid YAML: {exc}"}]) from None
+    elif path.suffix in {".yaml", ".yml", ".json"}:
+        raise SpecError([{"loc": "<file>", "value": str(path), "msg": "no such file"}])
+    else:
+        data = preset_data(str(source))
+    return parse_spec(apply_overrides(data, overrides))

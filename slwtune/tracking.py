@@ -1,0 +1,129 @@
+"""MLflow conventions: experiments, run names, tags, params and batched metric logging.
+
+Everything goes through an explicit `MlflowClient` and run ids, so the job
+driver, Tune trial processes and Ray Train workers can all log to the same
+tree of runs (parent run per job, child run per probe and for the full run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from slwtune import metrics as M
+
+
+def tracking_uri(spec=None) -> str | None:
+    """The spec's tracking URI, else $MLFLOW_TRACKING_URI, else None (no logging)."""
+    if spec is not None and spec.tracking.tracking_uri:
+        return spec.tracking.tracking_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def experiment_name(spec) -> str:
+    return spec.tracking.experiment or spec.name
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name`, created when missing (tolerates a concurrent create)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created by a concurrent process in between
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def create_run(uri: str, experiment: str, run_name: str, *, tags: dict | None = None,
+               params: dict | None = None, parent_run_id: str | None = None) -> str:
+    """Create a run (a child when `parent_run_id` is given) and log its params; returns the run id."""
+    client = _client(uri)
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags[M.TAG_PARENT] = parent_run_id
+    run = client.create_run(ensure_experiment(uri, experiment), tags=all_tags, run_name=run_name)
+    if params:
+        log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    client = _client(uri)
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
+    _client(uri).log_artifact(run_id, path, artifact_path)
+
+
+class RunLogger:
+    """Buffers metrics of one run and sends them in batches (one HTTP call per flush)."""
+
+    def __init__(self, uri: str | None, run_id: str | None, flush_every: int = 200):
+        self.enabled = bool(uri and run_id)
+        self.uri, self.run_id, self.flush_every = uri, run_id, flush_every
+        self._buffer: list = []
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        for key, value in values.items():
+            # MLflow stores NaN fine, but Inf breaks its charts: keep the stand-in
+            value = float(value)
+            if math.isinf(value):
+                value = M.NONFINITE_STANDIN
+            self._buffer.append(Metric(key, value, ts, step))
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.enabled or not self._buffer:
+            return
+        client = _client(self.uri)
+        for i in range(0, len(self._buffer), 1000):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
+        self._buffer.clear()
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.enabled:
+            set_tags(self.uri, self.run_id, tags)
+
+
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """The child runs of a parent (probe trials and the full run), oldest first."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=1000)
+    return list(runs)

@@ -1,0 +1,375 @@
+"""The SLW training loop of one worker: on a Ray Train worker, or in-process.
+
+`train_loop(spec, options, session)` reads top to bottom: set up, restore,
+then per step pick the length, set the LR, run the micro-batches, check the
+signals, step the optimizer, and every N steps evaluate, report, checkpoint.
+A `Session` hides where it runs (Ray Train or a local benchmark/test).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from slwtune import metrics as M
+from slwtune.batching import apply_seqlen
+from slwtune.data import DatasetMeta, WindowSampler, eval_batches, open_tokens, resolve_dataset
+from slwtune.model import GPT, configure_optimizer, estimate_mfu, flops_per_token, model_config
+from slwtune.pacing import make_pacing
+from slwtune.schedule import lr_schedule_from_spec
+from slwtune.spec import JobSpec
+from slwtune.stability import StabilityMonitor, StabilityThresholds, adam_variance_stats
+from slwtune.tracking import RunLogger
+
+CHECKPOINT_FILE = "state.pt"
+
+# Peak dense bf16 FLOP/s per device, for MFU; unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+@dataclass
+class RunOptions:
+    """How this run differs from the spec's full run (a probe stops early, ...)."""
+
+    max_steps: int | None = None          # probe window; None = until the token budget
+    mlflow_uri: str | None = None
+    mlflow_run_id: str | None = None
+    init_checkpoint: str | None = None     # continue from this dir (e.g. the winning probe)
+    progress: bool = False                 # print a progress line from rank 0
+    report_every_steps: int | None = None  # default: run.eval_every_steps
+
+
+@dataclass
+class TrainState:
+    """Everything beyond model/optimizer that exact resume needs."""
+
+    step: int = 0
+    tokens: int = 0
+    warmup_tokens: int | None = None
+    monitor: dict = field(default_factory=dict)
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
+    def checkpoint_dir(self) -> str | None: ...
+
+
+# ---- setup helpers -------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(spec: JobSpec, vocab_size: int) -> GPT:
+    m = spec.model
+    overrides = {k: v for k, v in dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                                        context_length=m.context_length).items() if v is not None}
+    config = model_config(m.preset, vocab_size=m.vocab_size or vocab_size, dropout=m.dropout,
+                          bias=m.bias, **overrides)
+    return GPT(config)
+
+
+def autocast_for(spec: JobSpec, device: torch.device):
+    """bf16 autocast on CUDA (precision auto|bf16); plain fp32 elsewhere."""
+    if device.type == "cuda" and spec.run.precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    raw = getattr(model, "module", model)
+    torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
+                "rng": rng_state()}, path / CHECKPOINT_FILE)
+
+
+def load_checkpoint(path: str, model, optimizer) -> TrainState:
+    blob = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    getattr(model, "module", model).load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    set_rng_state(blob["rng"])
+    return TrainState(**blob["state"])
+
+
+def all_reduce_(t: torch.Tensor, op: str = "sum", world_size: int = 1) -> torch.Tensor:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[torch.Tensor], session: Session, spec: JobSpec) -> float:
+    """Mean validation loss at full length; batches are split over ranks and reduced."""
+    model.eval()
+    total = torch.zeros(2, device=session.device)  # (sum of losses, count)
+    for i in range(session.rank, len(batches), session.world_size):
+        w = batches[i].to(session.device)
+        with autocast_for(spec, session.device):
+            _, loss = model(w[:, :-1], w[:, 1:])
+        total += torch.stack([loss.float(), torch.ones((), device=session.device)])
+    model.train()
+    all_reduce_(total, "sum", session.world_size)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+# ---- the loop ---------------------------------------------------------------------
+
+
+def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
+    """Train until the token budget, the probe window, or a `diverged` verdict; returns the last report."""
+    rank, world, device = session.rank, session.world_size, session.device
+    seed_everything(spec.seed)  # same init on every rank
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+
+    # 1) data, model, optimizer
+    data_dir = resolve_dataset(spec.data.path, spec.data.tokenizer, spec.data.vocab_size)
+    meta = DatasetMeta.load(data_dir)
+    window = spec.slw.full_length + 1
+    sampler = WindowSampler(open_tokens(data_dir, "train"), window, spec.data.batch_size // world,
+                            seed=spec.seed, rank=rank)
+    val = eval_batches(open_tokens(data_dir, "val"), window,
+                       spec.run.eval_batch_size or spec.data.batch_size, spec.run.eval_batches)
+    model = build_model(spec, meta.vocab_size).to(device)
+    optimizer = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps,
+                                    spec.optim.weight_decay, fused=device.type == "cuda" or None)
+    pacing, lr_at = make_pacing(spec.slw), lr_schedule_from_spec(spec)
+    thresholds = StabilityThresholds(**spec.tuning.stability.model_dump())
+    window_steps = options.max_steps or spec.probe_steps()
+    monitor = StabilityMonitor(thresholds, window_steps)
+
+    # 2) restore: Ray's own checkpoint (a restarted run) wins over an init checkpoint (a reused probe)
+    state = TrainState()
+    resume_from = session.checkpoint_dir() or options.init_checkpoint
+    if resume_from:
+        state = load_checkpoint(resume_from, model, optimizer)
+        monitor.load_state_dict(state.monitor)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(model) if spec.run.compile else model
+    raw_config = getattr(model, "module", model).config
+    if device.type == "cuda":
+        reserve_full_length_memory(forward, spec, device)
+
+    micro, accum = spec.micro_batch_size(), spec.grad_accum_steps()
+    report_every = options.report_every_steps or spec.run.eval_every_steps
+    logger = RunLogger(options.mlflow_uri if rank == 0 else None, options.mlflow_run_id)
+    peak = peak_flops(device)
+    verdict = monitor.verdict
+    last: dict[str, Any] = {}
+    t0, tokens0, start_time = time.perf_counter(), state.tokens, time.time()
+    max_steps = options.max_steps or 10**12
+
+    # 3) steps
+    while state.tokens < spec.budget.train_tokens and state.step < max_steps:
+        state.step += 1
+        length = pacing(state.step)
+        lr = lr_at(state.step, state.tokens, state.warmup_tokens)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        windows = sampler.batch(state.step)  # (B_worker, e+1), deterministic by (seed, rank, step)
+        loss_sum = torch.zeros((), device=device)
+        step_tokens = 0
+        for i in range(accum):
+            x, y, n = apply_seqlen(windows[i * micro:(i + 1) * micro], length, spec.slw.mode)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = nullcontext() if (world == 1 or i == accum - 1) else model.no_sync()
+            with sync, autocast_for(spec, device):
+                _, loss = forward(x, y)
+                (loss / accum).backward()
+            loss_sum += loss.detach().float()
+            step_tokens += n
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                   spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf"))
+        # One host sync per step: the loss averaged over ranks, and the (already global) grad norm.
+        signals = torch.stack([loss_sum / accum, grad_norm.float()])
+        all_reduce_(signals[:1], "sum", world)
+        loss_value, grad_value = signals.tolist()
+        loss_value /= world
+        verdict = monitor.observe_train(state.step, loss_value, grad_value)
+        if verdict.status == "diverged" and not math.isfinite(loss_value + grad_value):
+            optimizer.zero_grad(set_to_none=True)  # never apply a non-finite update
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.tokens += step_tokens * world
+        if state.warmup_tokens is None and state.step >= spec.optim.lr_warmup_steps:
+            state.warmup_tokens = state.tokens
+
+        # 4) periodic work: logs, Adam stats, eval, report, checkpoint
+        row = {M.TRAIN_LOSS: loss_value, M.TRAIN_LOSS_RATIO: monitor.last_loss_ratio,
+               M.TRAIN_SEQLEN: length, M.TRAIN_TOKENS: state.tokens, M.TRAIN_LR: lr,
+               M.TRAIN_GRAD_NORM: grad_value}
+        if state.step % spec.run.stats_every_steps == 0 or state.step == 1:
+            var_max, var_l1 = adam_variance_stats(optimizer)
+            stats = torch.stack([var_max.float(), var_l1.float()]).to(device)
+            all_reduce_(stats[:1], "max", world)
+            all_reduce_(stats[1:], "sum", world)
+            row[M.ADAM_VAR_MAX], row[M.ADAM_VAR_L1] = stats.tolist()
+        elapsed = time.perf_counter() - t0
+        tokens_per_s = (state.tokens - tokens0) / max(elapsed, 1e-9)
+        row[M.TOKENS_PER_S] = tokens_per_s
+        if peak:
+            row[M.MFU] = estimate_mfu(raw_config, length, tokens_per_s / world, peak)
+
+        finished = (verdict.status == "diverged" or state.tokens >= spec.budget.train_tokens
+                    or state.step >= max_steps)
+        if state.step % report_every == 0 or finished:
+            if verdict.status != "diverged":
+                val_loss = evaluate(forward, val, session, spec)
+                row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, math.exp(min(val_loss, 80.0))
+                verdict = monitor.observe_val(state.step, val_loss)
+            finished = finished or verdict.status == "diverged"
+            state.monitor = monitor.state_dict()
+            last = report_row(row, state, verdict, monitor, finished, time.time() - start_time)
+            ckpt = None
+            if rank == 0 and (finished or state.step % spec.run.checkpoint_every_steps == 0):
+                ckpt = tempfile.mkdtemp(prefix="slwtune-ckpt-")
+                save_checkpoint(Path(ckpt), model, optimizer, state)
+            logger.log(row, state.step)
+            logger.flush()
+            session.report(last, ckpt)
+            if ckpt:
+                shutil.rmtree(ckpt, ignore_errors=True)
+            if rank == 0 and options.progress:
+                print_progress(state, spec, length, loss_value, verdict, time.time() - start_time)
+        elif state.step % spec.run.log_every_steps == 0:
+            logger.log(row, state.step)
+        if finished:
+            break
+
+    logger.set_tags({M.TAG_VERDICT: verdict.status, M.TAG_REASON: verdict.reason or "-"})
+    logger.flush()
+    return last
+
+
+def report_row(row: dict, state: TrainState, verdict, monitor, done: bool, wall_s: float) -> dict:
+    """What one report carries: finite metrics plus the verdict as its own fields."""
+    out = {k: M.finite(v) for k, v in row.items()}
+    out.update({M.STEP: state.step, M.TRAIN_TOKENS: state.tokens, M.VERDICT: verdict.status,
+                M.VERDICT_CODE: M.VERDICT_CODES[verdict.status], M.REASON: verdict.reason or "",
+                M.DONE: done, M.MAX_LOSS_RATIO: M.finite(monitor.max_loss_ratio),
+                M.BEST_VAL_PPL: M.finite(monitor.best_val_ppl), M.WALL_S: wall_s,
+                "early": bool(verdict.early)})
+    return out
+
+
+def reserve_full_length_memory(model, spec: JobSpec, device: torch.device) -> None:
+    """One forward/backward at full length so later (shorter) steps reuse its memory."""
+    rows = spec.micro_batch_size()
+    x = torch.zeros(rows, spec.slw.full_length, dtype=torch.long, device=device)
+    with autocast_for(spec, device):
+        _, loss = model(x, x)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def print_progress(state: TrainState, spec: JobSpec, length: int, loss: float, verdict, elapsed: float) -> None:
+    budget = spec.budget.train_tokens
+    frac = min(1.0, state.tokens / budget)
+    eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+    bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+    print(f"[{bar}] {frac:6.1%} tokens {state.tokens:,}/{budget:,} step {state.step} seqlen {length} "
+          f"loss {loss:.4f} {verdict.status} ETA {eta:5.0f}s", flush=True)
+
+
+# ---- sessions -------------------------------------------------------------------------
+
+
+class LocalSession:
+    """In-process, single worker: for benchmarks and unit tests. Keeps reports and checkpoints."""
+
+    def __init__(self, checkpoint_root: str | None = None, device: str = "cpu", resume_dir: str | None = None):
+        self.rank, self.world_size, self.device = 0, 1, torch.device(device)
+        self.reports: list[dict] = []
+        self.checkpoints: list[str] = []
+        self._root = checkpoint_root
+        self._resume = resume_dir
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir and self._root:
+            dest = Path(self._root) / f"step_{metrics[M.STEP]:08d}"
+            shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
+            self.checkpoints.append(str(dest))
+
+    def checkpoint_dir(self) -> str | None:
+        return self._resume
+
+
+class RaySession:
+    """A Ray Train worker: rank, device and reports from `ray.train`."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._restored: tempfile.TemporaryDirectory | None = None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank calls it equally often
+
+    def checkpoint_dir(self) -> str | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        return ckpt.to_directory()
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train `train_loop_per_worker`: config = {"spec": dict, "options": dict}."""
+    spec = JobSpec.model_validate(config["spec"])
+    options = RunOptions(**config.get("options", {}))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train_loop(spec, options, RaySession())

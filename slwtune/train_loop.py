@@ -31,6 +31,7 @@ from slwtune.schedule import lr_schedule_from_spec
 from slwtune.spec import JobSpec
 from slwtune.stability import StabilityMonitor, StabilityThresholds, adam_variance_stats
 from slwtune.tracking import RunLogger
+from slwtune.tuning.strategies import optuna_objective
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -48,6 +49,9 @@ class RunOptions:
     init_checkpoint: str | None = None     # continue from this dir (e.g. the winning probe)
     progress: bool = False                 # print a progress line from rank 0
     report_every_steps: int | None = None  # default: run.eval_every_steps
+    stop_when_unstable: bool = False       # probes end on `fluctuating` too, not only `diverged`
+    objective: dict | None = None          # optuna_objective kwargs: report its score as `objective`
+    trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
 
 
 @dataclass
@@ -121,6 +125,15 @@ def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
                 "rng": rng_state()}, path / CHECKPOINT_FILE)
 
 
+def local_checkpoint_dir(path: str | None) -> str | None:
+    """A checkpoint path as a local folder: as is when local, else fetched from Ray storage."""
+    if path is None or Path(path).is_dir():
+        return path
+    import ray.train
+
+    return ray.train.Checkpoint(path).to_directory()
+
+
 def load_checkpoint(path: str, model, optimizer) -> TrainState:
     blob = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     getattr(model, "module", model).load_state_dict(blob["model"])
@@ -180,7 +193,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
 
     # 2) restore: Ray's own checkpoint (a restarted run) wins over an init checkpoint (a reused probe)
     state = TrainState()
-    resume_from = session.checkpoint_dir() or options.init_checkpoint
+    resume_from = session.checkpoint_dir() or local_checkpoint_dir(options.init_checkpoint)
     if resume_from:
         state = load_checkpoint(resume_from, model, optimizer)
         monitor.load_state_dict(state.monitor)
@@ -255,22 +268,30 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         if peak:
             row[M.MFU] = estimate_mfu(raw_config, length, tokens_per_s / world, peak)
 
-        finished = (verdict.status == "diverged" or state.tokens >= spec.budget.train_tokens
+        finished = (should_stop(verdict, options) or state.tokens >= spec.budget.train_tokens
                     or state.step >= max_steps)
         if state.step % report_every == 0 or finished:
             if verdict.status != "diverged":
                 val_loss = evaluate(forward, val, session, spec)
                 row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, math.exp(min(val_loss, 80.0))
                 verdict = monitor.observe_val(state.step, val_loss)
-            finished = finished or verdict.status == "diverged"
+            finished = finished or should_stop(verdict, options)
             state.monitor = monitor.state_dict()
             last = report_row(row, state, verdict, monitor, finished, time.time() - start_time)
+            if options.objective is not None:
+                last["objective"] = optuna_objective(verdict.status, spec.slw.start_length,
+                                                     spec.slw.duration_steps, best_val_ppl=last[M.BEST_VAL_PPL],
+                                                     **options.objective)
             ckpt = None
             if rank == 0 and (finished or state.step % spec.run.checkpoint_every_steps == 0):
                 ckpt = tempfile.mkdtemp(prefix="slwtune-ckpt-")
                 save_checkpoint(Path(ckpt), model, optimizer, state)
             logger.log(row, state.step)
+            if finished:  # tag before the report: a Tune stopper may end this process right after it
+                logger.set_tags({M.TAG_VERDICT: verdict.status, M.TAG_REASON: verdict.reason or "-"})
             logger.flush()
+            if options.trace_dir:
+                write_trace(options.trace_dir, rank, last, model)
             session.report(last, ckpt)
             if ckpt:
                 shutil.rmtree(ckpt, ignore_errors=True)
@@ -281,9 +302,22 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         if finished:
             break
 
-    logger.set_tags({M.TAG_VERDICT: verdict.status, M.TAG_REASON: verdict.reason or "-"})
-    logger.flush()
     return last
+
+
+def write_trace(trace_dir: str, rank: int, report: dict, model) -> None:
+    """Debug trace: this rank's report plus a checksum of its parameters (replicas must agree)."""
+    import json
+
+    checksum = sum(float(p.detach().double().sum()) for p in getattr(model, "module", model).parameters())
+    Path(trace_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(trace_dir) / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({**report, "param_checksum": checksum}) + "\n")
+
+
+def should_stop(verdict, options: RunOptions) -> bool:
+    """A diverged run always ends; a probe also ends on `fluctuating`."""
+    return verdict.status == "diverged" or (options.stop_when_unstable and verdict.status != "stable")
 
 
 def report_row(row: dict, state: TrainState, verdict, monitor, done: bool, wall_s: float) -> dict:

@@ -1,0 +1,76 @@
+"""One training run of a job spec on Ray Train (`slwtune train`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from slwtune import metrics as M
+from slwtune import tracking
+from slwtune.raycluster import default_storage, ensure_ray
+from slwtune.spec import JobSpec
+from slwtune.train_loop import RunOptions, train_worker
+
+
+def scaling_config(spec: JobSpec):
+    """Workers, GPUs and CPUs of one run, from the spec's resources."""
+    from ray.train import ScalingConfig
+
+    r = spec.resources
+    per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.use_gpu:
+        per_worker["GPU"] = r.gpus_per_worker
+    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker)
+
+
+def make_trainer(spec: JobSpec, options: RunOptions, name: str, storage: str, callbacks: list | None = None):
+    """A Train V2 `TorchTrainer` running `train_worker` with this spec and options."""
+    from dataclasses import asdict
+
+    from ray.train import CheckpointConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.to_dict(), "options": asdict(options)},
+        scaling_config=scaling_config(spec),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def summarize(result) -> dict[str, Any]:
+    """The last report of a finished Train run, plus its checkpoint path and error."""
+    metrics = dict(result.metrics or {})
+    return {
+        "verdict": metrics.get(M.VERDICT, "failed" if result.error else "stable"),
+        "reason": metrics.get(M.REASON, str(result.error) if result.error else ""),
+        "step": metrics.get(M.STEP),
+        "tokens": metrics.get(M.TRAIN_TOKENS),
+        "val_ppl": metrics.get(M.VAL_PPL),
+        "max_loss_ratio": metrics.get(M.MAX_LOSS_RATIO),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "error": str(result.error) if result.error else None,
+    }
+
+
+def train(spec: JobSpec, *, address: str | None = None, storage: str | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Run the spec's full training on Ray Train; logs to MLflow when a tracking URI is set."""
+    ensure_ray(address)
+    uri = tracking.tracking_uri(spec)
+    name = f"{spec.name}-train-{uuid.uuid4().hex[:8]}"
+    run_id = None
+    if uri:
+        run_id = tracking.create_run(uri, tracking.experiment_name(spec), name,
+                                     tags={M.TAG_KIND: "train", M.TAG_PHASE: "train"}, params=spec.flat())
+        print(f"MLflow run: {uri}/#/experiments/{tracking.ensure_experiment(uri, tracking.experiment_name(spec))}"
+              f"/runs/{run_id}", flush=True)
+    options = RunOptions(mlflow_uri=uri, mlflow_run_id=run_id, progress=progress)
+    result = make_trainer(spec, options, name, storage or default_storage()).fit()
+    summary = summarize(result)
+    if uri:
+        tracking.set_tags(uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
+        tracking.end_run(uri, run_id, "FAILED" if summary["error"] else "FINISHED")
+    summary["mlflow_run_id"] = run_id
+    return summary

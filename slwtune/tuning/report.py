@@ -1,0 +1,132 @@
+"""The selection report: report.json, report.md and the PNG plots of a tuning job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slwtune.pacing import make_pacing
+from slwtune.schedule import steps_for_tokens
+
+ADVICE_NONE_STABLE = [
+    "lower optim.lr (instability grows with the learning rate)",
+    "widen the duration range (raise tuning.duration_max)",
+    "raise slw.start_length (or tuning.max_start_length so the search may double it)",
+    "loosen tuning.stability thresholds if the probes are merely noisy",
+]
+
+
+def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, notes: list[str],
+                 violations: list[str], reuse_probe: bool, parent_run_id: str | None,
+                 full_run: dict | None = None) -> dict[str, Any]:
+    """The report as a JSON-ready dict (see the README for the field meanings)."""
+    tuning_tokens = sum(p.tokens for p in probes)
+    full_tokens = spec.budget.train_tokens
+    winner = None
+    if chosen is not None:
+        winner = next((p for p in probes if p.start_length == chosen.start_length
+                       and p.duration_steps == chosen.duration_steps and p.verdict == "stable"), None)
+    reused = winner.tokens if (winner is not None and reuse_probe and winner.checkpoint) else 0
+    return {
+        "job_id": job_id,
+        "name": spec.name,
+        "strategy": strategy,
+        "chosen": None if chosen is None else {"start_length": chosen.start_length,
+                                               "duration_steps": chosen.duration_steps},
+        "trials": [{k: v for k, v in p.to_dict().items() if k != "curve"} for p in probes],
+        "tuning_tokens": tuning_tokens,
+        "full_run_tokens": full_tokens,
+        "tuning_fraction": tuning_tokens / full_tokens,
+        "reused_probe_tokens": reused,
+        "net_tuning_fraction": (tuning_tokens - reused) / full_tokens,
+        "probe_steps": spec.probe_steps(),
+        "notes": list(notes),
+        "violations": list(violations),
+        "advice": [] if chosen is not None else list(ADVICE_NONE_STABLE),
+        "mlflow_parent_run_id": parent_run_id,
+        "full_run": full_run,
+    }
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# slwtune report: {report['name']} ({report['job_id']})", ""]
+    chosen = report["chosen"]
+    if chosen:
+        lines.append(f"**Chosen:** start length {chosen['start_length']}, duration T = "
+                     f"{chosen['duration_steps']} steps (strategy `{report['strategy']}`).")
+    else:
+        lines.append("**No stable configuration found.** What to change:")
+        lines += [f"- {a}" for a in report["advice"]]
+    lines += ["", f"Tuning cost: {report['tuning_tokens']:,} tokens = {report['tuning_fraction']:.1%} of the "
+              f"full run ({report['full_run_tokens']:,}); net of the reused winning probe: "
+              f"{report['net_tuning_fraction']:.1%}.", "",
+              "| round | start | T | verdict | val ppl | max loss ratio | steps | tokens | wall s | reason |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in report["trials"]:
+        lines.append(f"| {t['round']} | {t['start_length']} | {t['duration_steps']} | {t['verdict']} | "
+                     f"{_fmt(t['final_val_ppl'])} | {_fmt(t['max_loss_ratio'], '.3f')} | {t['steps']} | "
+                     f"{t['tokens']:,} | {t['wall_s']:.0f} | {t['reason'] or ''} |")
+    for title, items in (("Notes", report["notes"]), ("Monotonicity violations", report["violations"])):
+        if items:
+            lines += ["", f"## {title}", *[f"- {i}" for i in items]]
+    if report.get("full_run"):
+        fr = report["full_run"]
+        lines += ["", "## Full run", f"verdict {fr.get('verdict')}, val ppl {_fmt(fr.get('val_ppl'))}, "
+                  f"tokens {fr.get('tokens') or 0:,}, continued from probe: {fr.get('continued_from_probe')}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / "report.json", out_dir / "report.md"
+    js.write_text(json.dumps(report, indent=2, default=str))
+    md.write_text(report_markdown(report))
+    return [js, md]
+
+
+def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
+    """probes.png (val ppl and loss ratio of every probe) and schedule.png (the chosen seqlen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for p in probes:
+        curve = [c for c in (p.curve or []) if c and c[0] is not None]
+        label = f"s={p.start_length} T={p.duration_steps} ({p.verdict})"
+        style = "-" if p.verdict == "stable" else "--"
+        if curve and len(curve[0]) >= 3:
+            ax1.plot([c[0] for c in curve], [c[1] for c in curve], style, label=label)
+            ax2.plot([c[0] for c in curve], [c[2] for c in curve], style, label=label)
+    ax1.set(title="probe validation perplexity (full length)", xlabel="step", ylabel="val ppl", yscale="log")
+    ax2.set(title="training loss ratio (loss / min earlier loss)", xlabel="step", ylabel="ratio")
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "probes.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    if chosen is not None:
+        from slwtune.tuning.tune_glue import with_knobs
+
+        tuned = with_knobs(spec, chosen.start_length, chosen.duration_steps)
+        pacing = make_pacing(tuned.slw)
+        n = min(steps_for_tokens(pacing, tuned.budget.train_tokens, tuned.data.batch_size, tuned.slw.full_length),
+                max(3 * tuned.slw.duration_steps, 10))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(range(1, n + 1), [pacing(t) for t in range(1, n + 1)])
+        ax.set(title=f"chosen SLW: s={chosen.start_length}, T={chosen.duration_steps}", xlabel="step",
+               ylabel="sequence length")
+        fig.tight_layout()
+        paths.append(out_dir / "schedule.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths

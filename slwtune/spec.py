@@ -373,6 +373,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+            value = float(value) if value.strip().lower() not in {"nan", "inf", "-inf", ".nan", ".inf"} else value
+        except ValueError:
+            pass
     return key, value
 
 

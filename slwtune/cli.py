@@ -41,9 +41,9 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from slwtune.data import prepare_dataset, shakespeare_texts_dir
+    from slwtune.data import prepare_dataset, shakespeare_sources
 
-    sources = args.sources or [str(shakespeare_texts_dir())]
+    sources = args.sources or [str(p) for p in shakespeare_sources()]
     meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
                            vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed)
     print(f"wrote {args.out}: {meta.train_tokens:,} train + {meta.val_tokens:,} val tokens "

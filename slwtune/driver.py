@@ -17,7 +17,7 @@ from pathlib import Path
 from slwtune import metrics as M
 from slwtune import tracking
 from slwtune.errors import SlwtuneError
-from slwtune.raycluster import default_storage, ensure_ray
+from slwtune.raycluster import default_storage, ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec, load_spec
 from slwtune.train import make_trainer, summarize
 from slwtune.train_loop import RunOptions
@@ -182,7 +182,7 @@ def _winner(results: list[ProbeResult], chosen: Probe | None) -> ProbeResult | N
 def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, job_id: str | None = None,
             full_run: bool = True) -> dict:
     """The whole job; returns the report (also written to out_dir/report.json)."""
-    ensure_ray(address)
+    ensure_ray(address, num_cpus=local_cpus_for(spec))
     job = Job(spec, Path(out_dir), job_id)
     job.start()
     status = "FAILED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -9,6 +10,17 @@ from pathlib import Path
 def default_storage() -> str:
     """Where Ray Train/Tune keep experiment state and checkpoints."""
     return os.environ.get("SLWTUNE_STORAGE", str(Path.home() / ".slwtune" / "ray_results"))
+
+
+def local_cpus_for(spec) -> int:
+    """Logical CPUs a local Ray needs so `max_concurrent_trials` probes fit at once.
+
+    Each probe holds its Train workers' CPUs plus a sliver for the trial driver; CPU
+    training threads are capped per worker, so over-subscribing logical CPUs is safe.
+    """
+    per_trial = spec.resources.num_workers * spec.resources.cpus_per_worker
+    needed = math.ceil(spec.tuning.max_concurrent_trials * (per_trial + 0.01)) + 1
+    return max(os.cpu_count() or 1, needed)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:

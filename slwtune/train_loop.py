@@ -297,7 +297,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
                 shutil.rmtree(ckpt, ignore_errors=True)
             if rank == 0 and options.progress:
                 print_progress(state, spec, length, loss_value, verdict, time.time() - start_time)
-        elif state.step % spec.run.log_every_steps == 0:
+        elif state.step % spec.run.log_every_steps == 0 or state.step == 1:
             logger.log(row, state.step)
         if finished:
             break

@@ -1,0 +1,84 @@
+"""The whole tuning job on a real local Ray with a real MLflow store."""
+
+import json
+
+import pytest
+
+from slwtune import metrics as M
+from slwtune.driver import run_job
+from slwtune.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from slwtune.raycluster import ensure_ray
+
+    ensure_ray(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+def children(uri, parent_id):
+    from slwtune.tracking import child_runs
+
+    return child_runs(uri, parent_id)
+
+
+def test_tiny_job_end_to_end(local_ray, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLWTUNE_STORAGE", str(tmp_path / "ray"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = load_spec("shakespeare-tiny", [f"tracking.tracking_uri={uri}"])
+    report = run_job(spec, tmp_path / "out", job_id="e2e1")
+
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["chosen"] == report["chosen"] and report["chosen"]["start_length"] == 8
+    assert spec.tuning.duration_min <= report["chosen"]["duration_steps"] <= spec.tuning.duration_max
+    assert all(t["verdict"] in ("stable", "fluctuating", "diverged", "failed") for t in report["trials"])
+    assert report["tuning_tokens"] == sum(t["tokens"] for t in report["trials"])
+    assert report["full_run"]["verdict"] == "stable" and report["full_run"]["continued_from_probe"]
+    assert report["net_tuning_fraction"] < report["tuning_fraction"]
+    for name in ("report.md", "probes.png", "schedule.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(report["mlflow_parent_run_id"])
+    assert parent.data.tags[M.TAG_KIND] == "job"
+    assert parent.data.tags[M.TAG_CHOSEN_DURATION] == str(report["chosen"]["duration_steps"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"report.json", "report.md", "probes.png"}
+    kids = children(uri, parent.info.run_id)
+    kinds = sorted(k.data.tags[M.TAG_KIND] for k in kids)
+    assert kinds.count("probe") == len(report["trials"]) and kinds.count("full_run") == 1
+    assert all(M.TAG_VERDICT in k.data.tags for k in kids)
+    # the same metric names in every child, so MLflow's compare view lines them up
+    assert all(M.VAL_PPL in k.data.metrics and M.TRAIN_SEQLEN in k.data.metrics for k in kids)
+    # the full run continued from the winning probe: its first logged step is past the probe window
+    full = next(k for k in kids if k.data.tags[M.TAG_KIND] == "full_run")
+    steps = [h.step for h in client.get_metric_history(full.info.run_id, M.TRAIN_LOSS)]
+    assert min(steps) > spec.probe_steps()
+
+
+def test_unstable_corner_is_pruned_and_others_go_on(local_ray, tmp_path, monkeypatch):
+    # At a high LR, a very long T keeps training at length 8 and the full-length val ppl rises
+    # (the paper's "too large T overfits short sequences"): that corner is pruned as fluctuating.
+    monkeypatch.setenv("SLWTUNE_STORAGE", str(tmp_path / "ray"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = load_spec("shakespeare-tiny", [
+        f"tracking.tracking_uri={uri}", "optim.lr=0.03", "tuning.strategy=grid", "tuning.start_lengths=[8]",
+        "tuning.durations=[16,1000]", "tuning.duration_max=1000", "tuning.probe_steps=40"])
+    report = run_job(spec, tmp_path / "out", job_id="e2e2", full_run=False)
+    by_t = {t["duration_steps"]: t for t in report["trials"]}
+    assert by_t[1000]["verdict"] == "fluctuating" and "val ppl" in by_t[1000]["reason"]
+    assert by_t[1000]["steps"] < spec.probe_steps()  # stopped at the report that showed it
+    assert by_t[16]["verdict"] == "stable" and by_t[16]["steps"] == spec.probe_steps()
+    assert report["chosen"] == {"start_length": 8, "duration_steps": 16}
+    from mlflow.tracking import MlflowClient
+
+    tags = {k.data.params["slw.duration_steps"]: k.data.tags for k in children(uri, report["mlflow_parent_run_id"])}
+    assert tags["1000"][M.TAG_VERDICT] == "fluctuating" and tags["1000"][M.TAG_REASON].startswith("val ppl")
+    assert tags["16"][M.TAG_VERDICT] == "stable"

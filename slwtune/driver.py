@@ -106,6 +106,7 @@ def run_rounds(job: Job) -> tuple[list[ProbeResult], Probe | None, list[str], li
         batch = run_round(job.spec, probes, round_index=round_index, job_id=job.job_id, storage=job.storage,
                           parent_run_id=job.parent_run_id, mlflow_uri=job.uri)
         results.extend(batch)
+        sync_probe_tags(job, batch)
         search.tell(r.outcome() for r in batch)
         job.status(progress=f"round {round_index}: " + ", ".join(
             f"s={r.start_length} T={r.duration_steps} {r.verdict}" for r in batch), trials_done=len(results))
@@ -140,10 +141,21 @@ def run_optuna(job: Job) -> tuple[list[ProbeResult], Probe | None, list[str], li
                                   stop=_stopper(), verbose=0),
     )
     results = [result_to_probe(_unflatten(r), 1) for r in tuner.fit()]
+    sync_probe_tags(job, results)
     scores = {r.outcome().probe: optuna_objective(r.verdict, r.start_length, r.duration_steps,
                                                   best_val_ppl=r.best_val_ppl, **objective_kw) for r in results}
     chosen = choose_optuna([r.outcome() for r in results], scores)
     return results, chosen, [f"optuna study {spec.name}-{job.job_id} in {storage_url}"], []
+
+
+def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:
+    """Make each probe's MLflow verdict tags say what the report says (one source of truth)."""
+    if not (job.uri and job.parent_run_id):
+        return
+    for r in results:
+        run = tracking.find_child(job.uri, job.parent_run_id, M.TAG_TRIAL_ID, r.trial_id) if r.trial_id else None
+        if run is not None:
+            tracking.set_tags(job.uri, run.info.run_id, {M.TAG_VERDICT: r.verdict, M.TAG_REASON: r.reason or "-"})
 
 
 # ---- full run ---------------------------------------------------------------------------------

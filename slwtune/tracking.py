@@ -75,6 +75,15 @@ def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
     _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
+def get_tags(uri: str, run_id: str) -> dict[str, str]:
+    return dict(_client(uri).get_run(run_id).data.tags)
+
+
+def find_child(uri: str, parent_run_id: str, tag: str, value: str):
+    """The child run of `parent_run_id` whose tag `tag` equals `value`, or None."""
+    return next((r for r in child_runs(uri, parent_run_id) if r.data.tags.get(tag) == value), None)
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 

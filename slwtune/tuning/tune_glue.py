@@ -38,7 +38,8 @@ class VerdictStopper:
     """
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return result.get(M.VERDICT, "stable") != "stable" or bool(result.get(M.DONE))
+        # A finished trial ends by itself; stopping it on `done` would cut its clean shutdown short.
+        return result.get(M.VERDICT, "stable") != "stable"
 
     def stop_all(self) -> bool:
         return False
@@ -76,7 +77,8 @@ def probe_trial(config: dict) -> None:
         trainer.fit()
     except Exception as exc:  # the trial fails alone; the driver records it as `failed`
         if uri and run_id:
-            tracking.set_tags(uri, run_id, {M.TAG_VERDICT: FAILED, M.TAG_REASON: str(exc)[:500]})
+            if M.TAG_VERDICT not in tracking.get_tags(uri, run_id):  # keep a verdict the loop already gave
+                tracking.set_tags(uri, run_id, {M.TAG_VERDICT: FAILED, M.TAG_REASON: str(exc)[:500]})
             tracking.end_run(uri, run_id, "FAILED")
         raise
     if uri and run_id:

@@ -93,7 +93,12 @@ class LocalStack:
         })
         return env
 
+    def _ensure_dirs(self) -> None:
+        for d in ("jobs", "data", "mlartifacts"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+
     def start_ray(self, timeout: float = 90) -> None:
+        self._ensure_dirs()
         self.ray_port = self.ray_port or free_port()
         cmd = [_bin("ray"), "start", "--head", "--port", str(self.ray_port), "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(self.dashboard_port), "--disable-usage-stats",
@@ -117,15 +122,13 @@ class LocalStack:
         wait_http(f"{self.api_url}/healthz", timeout, self.procs["api"], "slwtune API")
 
     def start(self) -> "LocalStack":
-        self.root.mkdir(parents=True, exist_ok=True)
-        for d in ("jobs", "data", "mlartifacts"):
-            (self.root / d).mkdir(exist_ok=True)
         self.start_ray()
         self.start_mlflow()
         self.start_api()
         return self
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
+        self._ensure_dirs()
         log = open(self.root / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                             cwd=str(Path(__file__).resolve().parent.parent),
@@ -149,3 +152,27 @@ class LocalStack:
             subprocess.run([_bin("ray"), "stop", "--force"], env=self.env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=120)
             self.ray_started = False
+
+
+def stop_saved(root: Path) -> None:
+    """Stop a stack left up by `slwtune demo --keep-up` (its pids are in root/stack.json)."""
+    import json
+
+    state = json.loads((root / "stack.json").read_text())
+    for pid in state.get("pids", {}).values():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    if state.get("ray"):
+        subprocess.run([_bin("ray"), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=120)
+    (root / "stack.json").unlink()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "stop":
+        stop_saved(Path(sys.argv[2]))
+    else:
+        print("usage: python -m slwtune.localstack stop DIR", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,89 @@
+"""The job registry: one SQLAlchemy table of jobs (SQLite file by default, PostgreSQL works too)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Index, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    """One slwtune job as the service knows it; Ray and MLflow hold the live truth."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("principal", "idempotency_key", name="uq_jobs_principal_idempotency_key"),
+        Index("ix_jobs_principal_created", "principal", "created_at"),
+        Index("ix_jobs_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    phase: Mapped[str | None] = mapped_column(String(16), default=None)
+    progress: Mapped[str | None] = mapped_column(Text, default=None)
+    chosen: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    ray_submission_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    ray_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    mlflow_tracking_uri: Mapped[str | None] = mapped_column(Text, default=None)
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and cross-thread connections."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # Routes run in a thread pool: allow as many pooled connections as busy threads.
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                           pool_size=20, max_overflow=20)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite drops the timezone of stored datetimes; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value

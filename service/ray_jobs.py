@@ -1,0 +1,173 @@
+"""A small client around Ray's `JobSubmissionClient`: submit, status, stop, logs.
+
+Failures to reach the cluster (refused, timed out, auth rejected) become
+`BackendUnavailable`, which the routes turn into 503; anything else Ray
+refuses becomes `BackendError`. Every call has a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+# Ray job status -> registry state (a driver exit 2, "nothing stable", is a FAILED job in Ray too).
+RAY_TO_STATE = {
+    "PENDING": "queued",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "STOPPED": "cancelled",
+}
+
+
+class BackendUnavailable(Exception):
+    """Ray or MLflow cannot be reached (or refused our credentials)."""
+
+    def __init__(self, backend: str, message: str):
+        self.backend = backend
+        super().__init__(f"{backend} is unavailable: {message}")
+
+
+class BackendError(Exception):
+    """Ray or MLflow answered, but refused the request."""
+
+    def __init__(self, backend: str, message: str):
+        self.backend = backend
+        super().__init__(f"{backend} refused the request: {message}")
+
+
+class BackendTimer:
+    """Seconds spent waiting on each backend during one request (for the Server-Timing header)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t0
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={secs * 1000:.2f}" for name, secs in self.spent.items())
+
+
+@dataclass
+class RayJobInfo:
+    status: str  # PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
+    message: str | None = None
+    driver_exit_code: int | None = None
+
+    @property
+    def state(self) -> str:
+        return RAY_TO_STATE.get(self.status, "running")
+
+
+def _client_class(timeout: float):
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        """The SDK sends requests without a timeout; a hung dashboard must not hang the API."""
+
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs.setdefault("timeout", timeout)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
+class RayJobs:
+    """The Ray Jobs API of one cluster, with a cached SDK client."""
+
+    def __init__(self, address: str, *, token: str | None = None, timeout: float = 5.0):
+        self.address, self.timeout = address, timeout
+        # An explicit token wins; without one, Ray's own lookup applies (RAY_AUTH_MODE=token + token file).
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._client: Any = None
+        self._last_ok = float("-inf")  # monotonic time of the last call Ray answered
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _calls(self, what: str) -> Iterator[None]:
+        import requests
+        from ray.exceptions import AuthenticationError
+
+        try:
+            yield
+        except (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            self._client = None  # reconnect (and re-check the version) next time
+            raise BackendUnavailable("Ray", f"cannot reach the Jobs API at {self.address} ({what}): "
+                                            f"{type(exc).__name__}") from None
+        except AuthenticationError:
+            self._client = None
+            raise BackendUnavailable("Ray", f"the Jobs API at {self.address} rejected the auth token; "
+                                            "set SLWTUNE_RAY_TOKEN or RAY_AUTH_MODE=token") from None
+        except RuntimeError as exc:
+            raise BackendError("Ray", f"{what}: {str(exc)[:300]}") from None
+        else:
+            self._last_ok = time.monotonic()
+
+    def client(self):
+        """The cached SDK client; creating one checks the connection and version."""
+        with self._lock:
+            if self._client is None:
+                with self._calls("connect"):
+                    self._client = _client_class(self.timeout)(self.address, headers=self._headers)
+            return self._client
+
+    def ping(self, max_age_s: float = 0.0) -> None:
+        """Raise BackendUnavailable unless the Jobs API answers (or answered within `max_age_s`)."""
+        if max_age_s and time.monotonic() - self._last_ok < max_age_s:
+            return
+        client = self.client()
+        with self._calls("version"):
+            client.get_version()
+
+    def submit(self, job_id: str, entrypoint: str, *, runtime_env: dict | None = None,
+               metadata: dict[str, str] | None = None) -> str:
+        client = self.client()
+        with self._calls("submit"):
+            return client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
+                                     metadata=metadata)
+
+    def info(self, job_id: str) -> RayJobInfo | None:
+        """The job's status, or None when Ray does not know the job."""
+        client = self.client()
+        try:
+            with self._calls("status"):
+                details = client.get_job_info(job_id)
+        except BackendError as exc:
+            if "404" in str(exc) or "does not exist" in str(exc):
+                return None
+            raise
+        return self._info(details)
+
+    def all_jobs(self) -> dict[str, RayJobInfo]:
+        """Every submission the cluster knows, by submission id (one call)."""
+        client = self.client()
+        with self._calls("list"):
+            listed = client.list_jobs()
+        return {d.submission_id: self._info(d) for d in listed if d.submission_id}
+
+    @staticmethod
+    def _info(details) -> RayJobInfo:
+        return RayJobInfo(status=str(getattr(details.status, "value", details.status)), message=details.message,
+                          driver_exit_code=getattr(details, "driver_exit_code", None))
+
+    def stop(self, job_id: str) -> bool:
+        client = self.client()
+        with self._calls("stop"):
+            return bool(client.stop_job(job_id))
+
+    def logs(self, job_id: str) -> str:
+        client = self.client()
+        with self._calls("logs"):
+            return client.get_job_logs(job_id)
+
+    def dashboard_link(self, base: str, submission_id: str | None) -> str | None:
+        return f"{base}/#/jobs/{submission_id}" if submission_id else None

@@ -1,0 +1,162 @@
+"""`slwtune demo` (`make demo`): the whole product on one machine, driven through its REST API.
+
+Starts a local Ray head (token auth on), an MLflow server and the API; submits the
+`shakespeare-demo` job; follows it live (phase, each probe's knobs and verdict, the
+full run's progress); prints the chosen knobs, the tuning cost and the URLs; and stops
+everything on exit or Ctrl-C (`--keep-up` leaves the services running for browsing).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from slwtune import metrics as M
+from slwtune.localstack import LocalStack, free_port
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _port(preferred: int) -> int:
+    """The preferred port when free, else any free one (a second demo, a busy 5000, ...)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--:--"
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+class Follower:
+    """Polls the API and prints what changed: phase, finished probes, the full run's progress."""
+
+    def __init__(self, client: httpx.Client, job_id: str):
+        self.client, self.job_id = client, job_id
+        self.phase = None
+        self.seen_trials: set[str] = set()
+        self.full_started: float | None = None
+        self.last_progress = 0.0
+
+    def poll(self) -> dict:
+        job = self.client.get(f"/v1/jobs/{self.job_id}").raise_for_status().json()
+        if job.get("phase") != self.phase and job.get("phase"):
+            self.phase = job["phase"]
+            _say(f"\n== phase: {self.phase}")
+        trials = self.client.get(f"/v1/jobs/{self.job_id}/trials").raise_for_status().json()["data"]
+        for t in trials:
+            if t.get("kind") == "probe" and t.get("verdict") and t["run_id"] not in self.seen_trials \
+                    and t.get("status") != "RUNNING":
+                self.seen_trials.add(t["run_id"])
+                ppl = t["metrics"].get(M.VAL_PPL)
+                ratio = t["metrics"].get(M.TRAIN_LOSS_RATIO)
+                _say(f"   probe s={t.get('start_length')} T={t.get('duration_steps'):<5} -> {t['verdict']:<11} "
+                     f"val ppl {ppl if ppl is None else round(ppl, 1)}  loss ratio "
+                     f"{ratio if ratio is None else round(ratio, 3)}  {t.get('reason') or ''}")
+            if t.get("kind") == "full_run" and t.get("status") == "RUNNING":
+                self._full_run_progress(t, job)
+        return job
+
+    def _full_run_progress(self, trial: dict, job: dict) -> None:
+        tokens = trial["metrics"].get(M.TRAIN_TOKENS) or 0
+        budget = job["spec"]["budget"]["train_tokens"]
+        now = time.time()
+        self.full_started = self.full_started or now
+        if now - self.last_progress < 5 or not tokens:
+            return
+        self.last_progress = now
+        frac = min(1.0, tokens / budget)
+        rate = trial["metrics"].get(M.TOKENS_PER_S) or 0
+        eta = (budget - tokens) / rate if rate else None
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        _say(f"   full run [{bar}] {frac:6.1%} {int(tokens):,}/{budget:,} tokens  seqlen "
+             f"{int(trial['metrics'].get(M.TRAIN_SEQLEN) or 0)}  loss {trial['metrics'].get(M.TRAIN_LOSS) or 0:.3f}"
+             f"  ETA {_fmt_eta(eta)}")
+
+
+def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path | None = None,
+             timeout_s: float = 1500) -> int:
+    root = (root or Path.cwd() / ".slwtune" / "demo").resolve()
+    if root.exists():
+        shutil.rmtree(root)  # each demo starts clean: registry, MLflow store, job folders
+    stack = LocalStack(root, dashboard_port=_port(8265), mlflow_port=_port(5000), api_port=_port(8000))
+    principal, token = stack.api_tokens.split(":", 1)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.time()
+    code = 1
+    try:
+        _say(f"slwtune demo: starting a local Ray head, MLflow and the API under {root}")
+        for name, start in (("Ray head", stack.start_ray), ("MLflow server", stack.start_mlflow),
+                            ("API", stack.start_api)):
+            t0 = time.time()
+            start()
+            _say(f"   {name:14s} up in {time.time() - t0:4.1f}s")
+        client = httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        job = client.post("/v1/jobs", json={"preset": preset}).raise_for_status().json()
+        _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api_url}/v1/jobs")
+        follower = Follower(client, job["id"])
+        deadline = time.time() + timeout_s
+        while job["state"] not in TERMINAL and time.time() < deadline:
+            time.sleep(2)
+            job = follower.poll()
+        follower.poll()
+        code = _summary(job, stack, root)
+        return code
+    except KeyboardInterrupt:
+        _say("\ninterrupted: stopping everything")
+        return 130
+    finally:
+        _say(f"\n(total {time.time() - started:.0f}s)")
+        if keep_up and code == 0:
+            _say(f"services left running (--keep-up); stop them with: {sys.executable} -m slwtune.localstack stop "
+                 f"{root}")
+            (root / "stack.json").write_text(json.dumps(
+                {"pids": {k: p.pid for k, p in stack.procs.items()}, "ray": stack.ray_started}))
+        else:
+            stack.stop()
+
+
+def _summary(job: dict, stack: LocalStack, root: Path) -> int:
+    report_path = root / "jobs" / job["id"] / "out" / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    _say(f"\n== job {job['id']}: {job['state']}")
+    chosen = job.get("chosen") or report.get("chosen")
+    if chosen:
+        _say(f"chosen knobs:   start length {chosen['start_length']}, duration T = {chosen['duration_steps']} steps")
+    else:
+        _say(f"no stable configuration: {job.get('error') or ''}")
+        for advice in report.get("advice", []):
+            _say(f"   - {advice}")
+    if report:
+        _say(f"tuning cost:    {report['tuning_fraction']:.1%} of the full run's tokens "
+             f"({report['net_tuning_fraction']:.1%} net of the reused winning probe)")
+        full = report.get("full_run") or {}
+        if full:
+            _say(f"full run:       {full.get('verdict')}, val ppl {full.get('val_ppl') or float('nan'):.1f}, "
+                 f"{int(full.get('tokens') or 0):,} tokens")
+        _say(f"report:         {report_path}")
+    links = job.get("links") or {}
+    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray_address}")
+    _say(f"MLflow run:     {links.get('mlflow_run') or stack.mlflow_uri}")
+    _say(f"job (REST):     {stack.api_url}/v1/jobs/{job['id']}")
+    return 0 if job["state"] == "succeeded" else 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -19,19 +18,9 @@ from pathlib import Path
 import httpx
 
 from slwtune import metrics as M
-from slwtune.localstack import LocalStack, free_port
+from slwtune.localstack import LocalStack
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def _port(preferred: int) -> int:
-    """The preferred port when free, else any free one (a second demo, a busy 5000, ...)."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return free_port()
 
 
 def _say(text: str) -> None:
@@ -61,8 +50,8 @@ class Follower:
             _say(f"\n== phase: {self.phase}")
         trials = self.client.get(f"/v1/jobs/{self.job_id}/trials").raise_for_status().json()["data"]
         for t in trials:
-            if t.get("kind") == "probe" and t.get("verdict") and t["run_id"] not in self.seen_trials \
-                    and t.get("status") != "RUNNING":
+            # the loop tags its verdict as its last act, so a verdict means the probe has ended
+            if t.get("kind") == "probe" and t.get("verdict") and t["run_id"] not in self.seen_trials:
                 self.seen_trials.add(t["run_id"])
                 ppl = t["metrics"].get(M.VAL_PPL)
                 ratio = t["metrics"].get(M.TRAIN_LOSS_RATIO)
@@ -95,8 +84,7 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
     root = (root or Path.cwd() / ".slwtune" / "demo").resolve()
     if root.exists():
         shutil.rmtree(root)  # each demo starts clean: registry, MLflow store, job folders
-    stack = LocalStack(root, dashboard_port=_port(8265), mlflow_port=_port(5000), api_port=_port(8000))
-    principal, token = stack.api_tokens.split(":", 1)
+    stack = LocalStack(root)
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -111,9 +99,9 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
             t0 = time.time()
             start()
             _say(f"   {name:14s} up in {time.time() - t0:4.1f}s")
-        client = httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        client = httpx.Client(base_url=stack.api.url, headers=stack.api.headers(), timeout=30)
         job = client.post("/v1/jobs", json={"preset": preset}).raise_for_status().json()
-        _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api_url}/v1/jobs")
+        _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api.url}/v1/jobs")
         follower = Follower(client, job["id"])
         deadline = time.time() + timeout_s
         while job["state"] not in TERMINAL and time.time() < deadline:
@@ -128,16 +116,15 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
     finally:
         _say(f"\n(total {time.time() - started:.0f}s)")
         if keep_up and code == 0:
-            _say(f"services left running (--keep-up); stop them with: {sys.executable} -m slwtune.localstack stop "
-                 f"{root}")
-            (root / "stack.json").write_text(json.dumps(
-                {"pids": {k: p.pid for k, p in stack.procs.items()}, "ray": stack.ray_started}))
+            stack.save()
+            _say(f"services left running (--keep-up): Ray {stack.ray.address}, MLflow {stack.mlflow.uri}, "
+                 f"API {stack.api.url}\nstop them with: {sys.executable} -m slwtune.localstack stop {root}")
         else:
             stack.stop()
 
 
 def _summary(job: dict, stack: LocalStack, root: Path) -> int:
-    report_path = root / "jobs" / job["id"] / "out" / "report.json"
+    report_path = stack.api.root / "jobs" / job["id"] / "out" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     _say(f"\n== job {job['id']}: {job['state']}")
     chosen = job.get("chosen") or report.get("chosen")
@@ -156,7 +143,7 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
                  f"{int(full.get('tokens') or 0):,} tokens")
         _say(f"report:         {report_path}")
     links = job.get("links") or {}
-    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray_address}")
-    _say(f"MLflow run:     {links.get('mlflow_run') or stack.mlflow_uri}")
-    _say(f"job (REST):     {stack.api_url}/v1/jobs/{job['id']}")
+    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray.address}")
+    _say(f"MLflow run:     {links.get('mlflow_run') or stack.mlflow.uri}")
+    _say(f"job (REST):     {stack.api.url}/v1/jobs/{job['id']}")
     return 0 if job["state"] == "succeeded" else 1

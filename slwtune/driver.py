@@ -149,13 +149,16 @@ def run_optuna(job: Job) -> tuple[list[ProbeResult], Probe | None, list[str], li
 
 
 def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:
-    """Make each probe's MLflow verdict tags say what the report says (one source of truth)."""
+    """Make each probe's MLflow run say what the report says (one source of truth): verdict tags
+    and a terminal status; pruned probes are FINISHED runs told apart by their verdict tag."""
     if not (job.uri and job.parent_run_id):
         return
     for r in results:
         run = tracking.find_child(job.uri, job.parent_run_id, M.TAG_TRIAL_ID, r.trial_id) if r.trial_id else None
         if run is not None:
             tracking.set_tags(job.uri, run.info.run_id, {M.TAG_VERDICT: r.verdict, M.TAG_REASON: r.reason or "-"})
+            if run.info.status == "RUNNING":  # a stopped trial never got to end its run
+                tracking.end_run(job.uri, run.info.run_id, "FAILED" if r.verdict == "failed" else "FINISHED")
 
 
 # ---- full run ---------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """A local Ray head, MLflow server and API as child processes (the demo and end-to-end tests).
 
-Token authentication stays on: the Ray head is started with `RAY_AUTH_MODE=token`
-and a fresh random token that every client of this stack (the API, the driver)
-gets through its environment; the token is never printed.
+- Token authentication stays on: the Ray head runs with `RAY_AUTH_MODE=token` and a fresh
+  random token that every client of this stack gets through its environment (never printed,
+  and ~/.ray/auth_token is not touched).
+- Nothing here runs `ray stop`, which would end every Ray cluster on the machine: the head
+  runs under `ray start --block` in a private temp dir on free ports, and stopping ends only
+  the processes that carry this stack's marker in their environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -14,10 +18,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_MARKER = "SLWTUNE_STACK"
+RAY_PORT_FLAGS = ("port", "node-manager-port", "object-manager-port", "ray-client-server-port",
+                  "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                  "metrics-export-port")
 
 
 def free_port() -> int:
@@ -26,15 +37,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
-    """Poll `url` until it answers 2xx; fail early if `proc` exits."""
-    deadline = time.time() + timeout
-    last = None
+def port_or_free(preferred: int) -> int:
+    """The preferred port when free, else any free one (a second demo, a busy 5000, ...)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, what: str = "",
+              headers: dict | None = None) -> None:
+    """Poll `url` until it answers 2xx; fail early when `proc` exits."""
+    deadline, last = time.time() + timeout, None
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what or url} exited with code {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as r:
                 if 200 <= r.status < 300:
                     return
         except Exception as exc:  # not up yet
@@ -44,129 +65,242 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, wh
 
 
 def _bin(name: str) -> str:
-    """A console script of this environment (the venv's ray / mlflow / uvicorn)."""
+    """A console script of this environment (the venv's ray / mlflow)."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
+def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    # Its own session, so the whole group can be ended without touching anything else.
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def end_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries `marker` (the Ray head and everything it started)."""
+    needle = f"{STACK_MARKER}={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def end_marked(marker: str, grace: float = 10) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        pids = marked_pids(marker)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while pids and time.time() < deadline:
+            time.sleep(0.2)
+            pids = [p for p in pids if _alive(p)]
+        if not pids:
+            return
+
+
+# ---- the three services -------------------------------------------------------------------
+
+
+@dataclass
+class RayHead:
+    """A local Ray head (token auth on) on free ports in a private temp dir."""
+
+    num_cpus: int = 4
+    dashboard_port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+    marker: str = field(default_factory=lambda: secrets.token_hex(8))
+    # Short: Ray's Unix socket paths live under it.
+    temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="slwt-", dir="/tmp")))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        """The dashboard URL: the Jobs API."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a client of this cluster (API, driver) needs in its environment."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def start(self, timeout: float = 120) -> "RayHead":
+        ports: dict[str, int] = {}
+        while len(set(ports.values())) < len(RAY_PORT_FLAGS):
+            ports = {k: free_port() for k in RAY_PORT_FLAGS}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(self.client_env, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
+                   SLWTUNE_STORAGE=str(self.temp_dir / "ray_results"), **{STACK_MARKER: self.marker})
+        cmd = [_bin("ray"), "start", "--head", "--block", "--temp-dir", str(self.temp_dir),
+               "--num-cpus", str(self.num_cpus), "--dashboard-host", "127.0.0.1",
+               "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
+               "--disable-usage-stats", *[a for k, v in ports.items() for a in (f"--{k}", str(v))]]
+        self.proc = spawn(cmd, env, self.temp_dir / "ray-start.log")
+        wait_http(f"{self.address}/api/version", timeout, self.proc, "Ray dashboard",
+                  {"Authorization": f"Bearer {self.token}"})
+        return self
+
+    def stop(self) -> None:
+        end_process(self.proc, timeout=30)
+        end_marked(self.marker)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class MlflowServer:
+    """An MLflow tracking server with a SQLite store and a local artifact folder."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
+        self.proc = spawn(cmd, dict(os.environ), self.root / "mlflow.log")
+        wait_http(f"{self.uri}/health", timeout, self.proc, "MLflow server")
+        return self
+
+    def stop(self) -> None:
+        end_process(self.proc)
+
+
+@dataclass
+class ApiServer:
+    """The real API under uvicorn, stoppable and restartable against the same registry."""
+
+    root: Path
+    env: dict
+    port: int = field(default_factory=free_port)
+    tokens: dict = field(default_factory=lambda: {"demo": secrets.token_urlsafe(24)})
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def headers(self, principal: str | None = None) -> dict:
+        return {"Authorization": f"Bearer {self.tokens[principal or next(iter(self.tokens))]}"}
+
+    def start(self, timeout: float = 90) -> "ApiServer":
+        env = dict(self.env, SLWTUNE_API_TOKENS=",".join(f"{p}:{t}" for p, t in self.tokens.items()))
+        cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.port),
+               "--log-level", "warning"]
+        self.proc = spawn(cmd, env, self.root / "api.log")
+        wait_http(f"{self.url}/healthz", timeout, self.proc, "slwtune API")
+        return self
+
+    def stop(self) -> None:
+        end_process(self.proc)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def api_env(root: Path, ray: RayHead, mlflow: MlflowServer, **extra: str) -> dict[str, str]:
+    """The API's environment for this stack: registry, jobs and data folders under `root`."""
+    for d in ("data", "jobs"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "SLWTUNE_", "MLFLOW_")) or k == "SLWTUNE_CACHE_DIR"}
+    env.update(ray.client_env)
+    env.update({"SLWTUNE_RAY_ADDRESS": ray.address, "MLFLOW_TRACKING_URI": mlflow.uri,
+                "SLWTUNE_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "SLWTUNE_DATA_ROOT": str(root / "data"),
+                "SLWTUNE_JOBS_DIR": str(root / "jobs"), "SLWTUNE_STORAGE": str(ray.temp_dir / "ray_results"),
+                "TOKENIZERS_PARALLELISM": "false", **extra})
+    return env
+
+
 @dataclass
 class LocalStack:
-    """Ray head + MLflow server + API on 127.0.0.1, all stopped by `stop()`."""
+    """Ray head + MLflow server + API on 127.0.0.1 under `root`, all ended by `stop()`."""
 
     root: Path
     dashboard_port: int = 8265
     mlflow_port: int = 5000
     api_port: int = 8000
-    ray_port: int = 0
-    num_cpus: int = 4
-    api_tokens: str = "demo:" + secrets.token_urlsafe(16)
-    ray_token: str = field(default_factory=lambda: secrets.token_hex(32))
-    procs: dict = field(default_factory=dict)
-    ray_started: bool = False
+    ray: RayHead | None = None
+    mlflow: MlflowServer | None = None
+    api: ApiServer | None = None
 
-    @property
-    def ray_address(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
+    def start_ray(self) -> None:
+        self.ray = RayHead(dashboard_port=port_or_free(self.dashboard_port)).start()
 
-    @property
-    def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
+    def start_mlflow(self) -> None:
+        self.mlflow = MlflowServer(self.root / "mlflow", port=port_or_free(self.mlflow_port)).start()
 
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def env(self) -> dict[str, str]:
-        """The environment every client of this stack needs."""
-        env = dict(os.environ)
-        env.update({
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.ray_token,
-            "RAY_ADDRESS": self.ray_address, "SLWTUNE_RAY_ADDRESS": self.ray_address,
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            "SLWTUNE_DATABASE_URL": f"sqlite:///{self.root / 'registry.db'}",
-            "SLWTUNE_API_TOKENS": self.api_tokens,
-            "SLWTUNE_JOBS_DIR": str(self.root / "jobs"),
-            "SLWTUNE_DATA_ROOT": str(self.root / "data"),
-            "SLWTUNE_STORAGE": str(self.root / "ray_results"),
-            "TOKENIZERS_PARALLELISM": "false",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        })
-        return env
-
-    def _ensure_dirs(self) -> None:
-        for d in ("jobs", "data", "mlartifacts"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
-
-    def start_ray(self, timeout: float = 90) -> None:
-        self._ensure_dirs()
-        self.ray_port = self.ray_port or free_port()
-        cmd = [_bin("ray"), "start", "--head", "--port", str(self.ray_port), "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", str(self.dashboard_port), "--disable-usage-stats",
-               "--num-cpus", str(self.num_cpus), "--include-dashboard", "true"]
-        log = open(self.root / "ray-start.log", "w")
-        subprocess.run(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, check=True, timeout=timeout)
-        self.ray_started = True
-        wait_http(f"{self.ray_address}/api/version", timeout, what="Ray dashboard")
-
-    def start_mlflow(self, timeout: float = 90) -> None:
-        cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
-        self._spawn("mlflow", cmd)
-        wait_http(f"{self.mlflow_uri}/health", timeout, self.procs["mlflow"], "MLflow server")
-
-    def start_api(self, timeout: float = 60) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1",
-               "--port", str(self.api_port), "--log-level", "warning"]
-        self._spawn("api", cmd)
-        wait_http(f"{self.api_url}/healthz", timeout, self.procs["api"], "slwtune API")
+    def start_api(self) -> None:
+        self.api = ApiServer(self.root, api_env(self.root, self.ray, self.mlflow),
+                             port=port_or_free(self.api_port)).start()
 
     def start(self) -> "LocalStack":
+        self.root.mkdir(parents=True, exist_ok=True)
         self.start_ray()
         self.start_mlflow()
         self.start_api()
         return self
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        self._ensure_dirs()
-        log = open(self.root / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=str(Path(__file__).resolve().parent.parent),
-                                            start_new_session=True)
-
-    def stop_process(self, name: str, timeout: float = 15) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
     def stop(self) -> None:
-        for name in list(self.procs):
-            self.stop_process(name)
-        if self.ray_started:
-            subprocess.run([_bin("ray"), "stop", "--force"], env=self.env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=120)
-            self.ray_started = False
+        for service in (self.api, self.mlflow, self.ray):
+            if service is not None:
+                service.stop()
+
+    def save(self) -> Path:
+        """Record the stack's processes, so `python -m slwtune.localstack stop ROOT` can end them later."""
+        state = {"pids": [s.proc.pid for s in (self.api, self.mlflow, self.ray) if s and s.proc],
+                 "marker": self.ray.marker if self.ray else None}
+        path = self.root / "stack.json"
+        path.write_text(json.dumps(state))
+        return path
 
 
 def stop_saved(root: Path) -> None:
-    """Stop a stack left up by `slwtune demo --keep-up` (its pids are in root/stack.json)."""
-    import json
-
+    """End a stack left up by `slwtune demo --keep-up`."""
     state = json.loads((root / "stack.json").read_text())
-    for pid in state.get("pids", {}).values():
+    for pid in state["pids"]:
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    if state.get("ray"):
-        subprocess.run([_bin("ray"), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=120)
+    if state.get("marker"):
+        end_marked(state["marker"])
     (root / "stack.json").unlink()
 
 

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         description="variables of this process passed on to the driver when set (comma separated)")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="larger request bodies get 413")
     max_trials: int = Field(200, gt=0, description="most probe trials one job may plan")
-    max_train_tokens: int = Field(50_000_000_000, gt=0, description="largest budget.train_tokens accepted")
+    max_train_tokens: int = Field(1_000_000_000_000, gt=0, description="largest budget.train_tokens accepted")
     max_page_size: int = Field(200, gt=0)
     refresh_interval_s: float = Field(
         3.0, ge=0.0,

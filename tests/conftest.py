@@ -14,8 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # ---- end-to-end services: ray_head, mlflow_server, api_server -------------------------------
 # Real services for the end-to-end tests, started only when a test asks for them, on free
-# localhost ports, and ended at the end of the session (see slwtune.localstack: token auth
-# stays on, and no `ray stop` touches other clusters on the machine).
+# localhost ports (see slwtune.localstack: token auth stays on, and no `ray stop` touches other
+# clusters on the machine). They end with their test module: two Ray clusters alive at once make
+# Ray's address discovery inside workers fail ("Found multiple active Ray instances").
 
 import pytest  # noqa: E402
 
@@ -23,6 +24,18 @@ from slwtune.localstack import ApiServer, MlflowServer, RayHead, api_env  # noqa
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """Ray started inside the test process (4 logical CPUs: two concurrent 1-worker probes)."""
+    import ray
+
+    from slwtune.raycluster import ensure_ray
+
+    ensure_ray(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def ray_head():
     """A local Ray head (token auth on, 4 logical CPUs)."""
     head = RayHead(num_cpus=4).start()
@@ -32,7 +45,7 @@ def ray_head():
         head.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """An MLflow tracking server with a SQLite store."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
@@ -42,7 +55,7 @@ def mlflow_server(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_server(ray_head, mlflow_server, tmp_path_factory):
     """The API wired to `ray_head` and `mlflow_server`, with principals alice and bob."""
     root = tmp_path_factory.mktemp("api")

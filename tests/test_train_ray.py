@@ -13,17 +13,6 @@ from slwtune.train_loop import RunOptions
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from slwtune.raycluster import ensure_ray
-
-    ensure_ray(num_cpus=4)
-    yield
-    ray.shutdown()
-
-
 def tiny(tmp_path, *overrides):
     return load_spec("shakespeare-tiny", ["budget.train_tokens=10240", "run.eval_every_steps=4",
                                           f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])

@@ -11,17 +11,6 @@ from slwtune.spec import load_spec
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from slwtune.raycluster import ensure_ray
-
-    ensure_ray(num_cpus=4)
-    yield
-    ray.shutdown()
-
-
 def children(uri, parent_id):
     from slwtune.tracking import child_runs
 
@@ -82,3 +71,32 @@ def test_unstable_corner_is_pruned_and_others_go_on(local_ray, tmp_path, monkeyp
     tags = {k.data.params["slw.duration_steps"]: k.data.tags for k in children(uri, report["mlflow_parent_run_id"])}
     assert tags["1000"][M.TAG_VERDICT] == "fluctuating" and tags["1000"][M.TAG_REASON].startswith("val ppl")
     assert tags["16"][M.TAG_VERDICT] == "stable"
+
+
+def test_optuna_strategy_runs_a_seeded_study_in_an_rdb(local_ray, tmp_path, monkeypatch):
+    import optuna
+
+    from slwtune.tuning.strategies import start_length_choices
+
+    monkeypatch.setenv("SLWTUNE_STORAGE", str(tmp_path / "ray"))
+    spec = load_spec("shakespeare-tiny", ["tuning.strategy=optuna", "tuning.n_trials=2",
+                                          "tuning.probe_steps=16"])
+    report = run_job(spec, tmp_path / "out", job_id="e2e3", full_run=False)
+    assert len(report["trials"]) == 2 and report["strategy"] == "optuna"
+    stable = [(t["start_length"], t["duration_steps"]) for t in report["trials"] if t["verdict"] == "stable"]
+    assert (report["chosen"]["start_length"], report["chosen"]["duration_steps"]) in stable
+
+    # the study lives in the job folder's SQLite, so a restarted job finds it
+    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    study = optuna.load_study(study_name=f"{spec.name}-e2e3", storage=storage)
+    assert len(study.trials) == 2
+
+    # seeded: a fresh sampler with the spec's seed proposes the same first knobs
+    fresh = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    space = {"start_length": optuna.distributions.CategoricalDistribution(
+                 start_length_choices(spec.slw.start_length, spec.tuning.max_start_length)),
+             "duration_steps": optuna.distributions.IntDistribution(spec.tuning.duration_min,
+                                                                    spec.tuning.duration_max)}
+    proposed = sorted((t.params["start_length"], t.params["duration_steps"])
+                      for t in (fresh.ask(space) for _ in range(2)))
+    assert sorted((t["start_length"], t["duration_steps"]) for t in report["trials"]) == proposed

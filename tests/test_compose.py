@@ -34,6 +34,7 @@ SCHEMA_FILE = ROOT / "tests" / "fixtures" / "compose-spec.json"
 SECRETS = ("POSTGRES_PASSWORD", "SLWTUNE_API_TOKENS", "RAY_AUTH_TOKEN")
 # URL-safe, so the rendered postgresql:// URLs parse.
 DUMMY_ENV = {name: f"dummy-{name.lower().replace('_', '-')}" for name in SECRETS}
+DUMMY_ENV["SLWTUNE_API_TOKENS"] = "ops:dummy-token-of-24-chars"  # principal:token, as the service demands
 
 # What the API reads (service settings and slwtune.tracking) and where it must point.
 API_ENV = ("SLWTUNE_DATABASE_URL", "SLWTUNE_RAY_ADDRESS", "MLFLOW_TRACKING_URI",

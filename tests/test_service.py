@@ -356,8 +356,8 @@ def test_sqlite_optuna_study_must_lie_inside_the_data_root(api):
 
 
 def test_budget_limit(api):
-    got = fields(rejected(api, {**TINY, "overrides": {"budget.train_tokens": 10**12}}))
-    assert got == {"budget.train_tokens": 10**12}
+    got = fields(rejected(api, {**TINY, "overrides": {"budget.train_tokens": 10**13}}))
+    assert got == {"budget.train_tokens": 10**13}
 
 
 def test_trials_limit(api):

@@ -150,6 +150,42 @@ def all_reduce_(t: torch.Tensor, op: str = "sum", world_size: int = 1) -> torch.
     return t
 
 
+def forward_backward(forward, model, windows: torch.Tensor, length: int, spec: JobSpec, device: torch.device,
+                     micro: int, accum: int, world: int) -> tuple[torch.Tensor, int]:
+    """Micro-batches of one optimizer step at `length`: returns (mean loss on device, tokens trained)."""
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    for i in range(accum):
+        x, y, n = apply_seqlen(windows[i * micro:(i + 1) * micro], length, spec.slw.mode)  # (rows, L)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        # DDP all-reduces gradients only on the last micro-batch
+        sync = nullcontext() if (world == 1 or i == accum - 1) else model.no_sync()
+        with sync, autocast_for(spec, device):
+            _, loss = forward(x, y)
+            (loss / accum).backward()
+        loss_sum += loss.detach().float()
+        tokens += n
+    return loss_sum / accum, tokens
+
+
+def step_signals(loss: torch.Tensor, grad_norm: torch.Tensor, world: int) -> tuple[float, float]:
+    """One host sync per step: the loss averaged over ranks, and the (already global) grad norm."""
+    signals = torch.stack([loss, grad_norm.float()])
+    all_reduce_(signals[:1], "sum", world)
+    loss_value, grad_value = signals.tolist()
+    return loss_value / world, grad_value
+
+
+def global_adam_stats(optimizer, device: torch.device, world: int) -> tuple[float, float]:
+    """Adam `exp_avg_sq` max (max over ranks) and L1 (sum over ranks): one host sync."""
+    var_max, var_l1 = adam_variance_stats(optimizer)
+    stats = torch.stack([var_max.float(), var_l1.float()]).to(device)
+    all_reduce_(stats[:1], "max", world)
+    all_reduce_(stats[1:], "sum", world)
+    var_max_value, var_l1_value = stats.tolist()
+    return var_max_value, var_l1_value
+
+
 @torch.no_grad()
 def evaluate(model, batches: list[torch.Tensor], session: Session, spec: JobSpec) -> float:
     """Mean validation loss at full length; batches are split over ranks and reduced."""
@@ -224,24 +260,10 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
             group["lr"] = lr
 
         windows = sampler.batch(state.step)  # (B_worker, e+1), deterministic by (seed, rank, step)
-        loss_sum = torch.zeros((), device=device)
-        step_tokens = 0
-        for i in range(accum):
-            x, y, n = apply_seqlen(windows[i * micro:(i + 1) * micro], length, spec.slw.mode)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = nullcontext() if (world == 1 or i == accum - 1) else model.no_sync()
-            with sync, autocast_for(spec, device):
-                _, loss = forward(x, y)
-                (loss / accum).backward()
-            loss_sum += loss.detach().float()
-            step_tokens += n
+        loss, step_tokens = forward_backward(forward, model, windows, length, spec, device, micro, accum, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf"))
-        # One host sync per step: the loss averaged over ranks, and the (already global) grad norm.
-        signals = torch.stack([loss_sum / accum, grad_norm.float()])
-        all_reduce_(signals[:1], "sum", world)
-        loss_value, grad_value = signals.tolist()
-        loss_value /= world
+        loss_value, grad_value = step_signals(loss, grad_norm, world)
         verdict = monitor.observe_train(state.step, loss_value, grad_value)
         if verdict.status == "diverged" and not math.isfinite(loss_value + grad_value):
             optimizer.zero_grad(set_to_none=True)  # never apply a non-finite update
@@ -257,11 +279,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
                M.TRAIN_SEQLEN: length, M.TRAIN_TOKENS: state.tokens, M.TRAIN_LR: lr,
                M.TRAIN_GRAD_NORM: grad_value}
         if state.step % spec.run.stats_every_steps == 0 or state.step == 1:
-            var_max, var_l1 = adam_variance_stats(optimizer)
-            stats = torch.stack([var_max.float(), var_l1.float()]).to(device)
-            all_reduce_(stats[:1], "max", world)
-            all_reduce_(stats[1:], "sum", world)
-            row[M.ADAM_VAR_MAX], row[M.ADAM_VAR_L1] = stats.tolist()
+            row[M.ADAM_VAR_MAX], row[M.ADAM_VAR_L1] = global_adam_stats(optimizer, device, world)
         elapsed = time.perf_counter() - t0
         tokens_per_s = (state.tokens - tokens0) / max(elapsed, 1e-9)
         row[M.TOKENS_PER_S] = tokens_per_s

@@ -17,7 +17,7 @@ whole curves. They agree: at one step the train point is seen before the val one
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 

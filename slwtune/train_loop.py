@@ -25,7 +25,7 @@ import torch
 from slwtune import metrics as M
 from slwtune.batching import apply_seqlen
 from slwtune.data import DatasetMeta, WindowSampler, eval_batches, open_tokens, resolve_dataset
-from slwtune.model import GPT, configure_optimizer, estimate_mfu, flops_per_token, model_config
+from slwtune.model import GPT, configure_optimizer, estimate_mfu, model_config
 from slwtune.pacing import make_pacing
 from slwtune.schedule import lr_schedule_from_spec
 from slwtune.spec import JobSpec

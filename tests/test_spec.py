@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from slwtune.errors import SpecError
-from slwtune.spec import JobSpec, apply_overrides, load_spec, parse_override, parse_spec
+from slwtune.spec import apply_overrides, load_spec, parse_override, parse_spec
 
 
 def locs(exc: SpecError) -> set[str]:

@@ -1,6 +1,5 @@
 """The selection logic on synthetic verdicts: monotone, non-monotone, all stable, none stable."""
 
-import pytest
 
 from slwtune.tuning.strategies import (
     DIVERGED,

@@ -19,10 +19,6 @@ from slwtune import metrics as M
 
 from service.ray_jobs import BackendError, BackendUnavailable
 
-# Spelled in slwtune.driver / slwtune.tuning.tune_glue; importing those would pull in torch and Ray Train.
-TAG_PROGRESS = "slwtune.progress"
-TAG_ROUND = "slwtune.round"
-
 
 @dataclass
 class ParentRun:
@@ -134,7 +130,7 @@ class MlflowReader:
         if start is not None and duration is not None:
             chosen = {"start_length": start, "duration_steps": duration}
         return ParentRun(run_id=run.info.run_id, experiment_id=run.info.experiment_id, status=run.info.status,
-                         phase=tags.get(M.TAG_PHASE), progress=tags.get(TAG_PROGRESS),
+                         phase=tags.get(M.TAG_PHASE), progress=tags.get(M.TAG_PROGRESS),
                          verdict=tags.get(M.TAG_VERDICT), chosen=chosen)
 
     def trials(self, uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
@@ -151,7 +147,7 @@ class MlflowReader:
                 "name": run.info.run_name,
                 "kind": tags.get(M.TAG_KIND),
                 "status": run.info.status,
-                "round": _int(tags.get(TAG_ROUND)),
+                "round": _int(tags.get(M.TAG_ROUND)),
                 "start_length": _int(params.get("slw.start_length", tags.get("slw.start_length"))),
                 "duration_steps": _int(params.get("slw.duration_steps", tags.get("slw.duration_steps"))),
                 "verdict": tags.get(M.TAG_VERDICT),

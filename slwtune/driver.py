@@ -43,7 +43,6 @@ from slwtune.tuning.tune_glue import (
     with_knobs,
 )
 
-TAG_PROGRESS = "slwtune.progress"
 
 
 class Job:
@@ -78,7 +77,7 @@ class Job:
             if "phase" in fields:
                 tags[M.TAG_PHASE] = fields["phase"]
             if "progress" in fields:
-                tags[TAG_PROGRESS] = fields["progress"]
+                tags[M.TAG_PROGRESS] = fields["progress"]
             if tags:
                 tracking.set_tags(self.uri, self.parent_run_id, tags)
 

@@ -38,6 +38,8 @@ TAG_TRIAL_ID = "slwtune.trial_id"
 TAG_CHOSEN_START = "slwtune.chosen.start_length"
 TAG_CHOSEN_DURATION = "slwtune.chosen.duration_steps"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_PROGRESS = "slwtune.progress"  # job: human-readable progress of the phase
+TAG_ROUND = "slwtune.round"        # probe: the search round it belongs to
 
 # Values that cannot be NaN/Inf in reports (Tune's schedulers choke on them).
 NONFINITE_STANDIN = 1e30

@@ -67,7 +67,7 @@ def probe_trial(config: dict) -> None:
             uri, config["experiment"], f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}-{trial_id}",
             parent_run_id=config.get("parent_run_id"), params=spec.flat(),
             tags={M.TAG_KIND: "probe", M.TAG_TRIAL_ID: trial_id, M.TAG_JOB_ID: config.get("job_id", ""),
-                  "slwtune.round": config.get("round", 0), "slw.start_length": spec.slw.start_length,
+                  M.TAG_ROUND: config.get("round", 0), "slw.start_length": spec.slw.start_length,
                   "slw.duration_steps": spec.slw.duration_steps})
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
                          stop_when_unstable=True, objective=config.get("objective"))

@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
         spec = spec.model_copy(update={"slw": spec.slw.model_copy(update={"enabled": False})})
     result = train(spec, address=args.address, storage=args.storage)
     print(json.dumps(result, indent=2, default=str))
-    return 0 if result.get("verdict") != "diverged" else 3
+    return {"diverged": 3, "failed": 1}.get(result.get("verdict"), 0)
 
 
 def cmd_tune(args) -> int:

@@ -19,7 +19,7 @@ from slwtune import tracking
 from slwtune.errors import SlwtuneError
 from slwtune.raycluster import default_storage, ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec, load_spec
-from slwtune.train import make_trainer, summarize
+from slwtune.train import fit_and_summarize, make_trainer
 from slwtune.train_loop import RunOptions
 from slwtune.tuning.report import build_report, write_plots, write_report
 from slwtune.tuning.strategies import (
@@ -175,10 +175,7 @@ def run_full(job: Job, chosen: Probe, winner: ProbeResult | None) -> dict:
     job.status(phase="full_run", progress="full run started", full_run_mlflow_run_id=run_id)
     options = RunOptions(mlflow_uri=job.uri, mlflow_run_id=run_id, init_checkpoint=init, progress=True)
     trainer = make_trainer(spec, options, f"{spec.name}-{job.job_id}-full", job.storage)
-    try:
-        summary = summarize(trainer.fit())
-    except Exception as exc:  # report the failure; the registry and report stay consistent
-        summary = {"verdict": "failed", "reason": str(exc)[:500], "error": str(exc)[:500]}
+    summary = fit_and_summarize(trainer)
     summary.update(continued_from_probe=bool(init), mlflow_run_id=run_id)
     if job.uri and run_id:
         tracking.set_tags(job.uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary.get("reason") or "-"})

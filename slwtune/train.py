@@ -54,6 +54,17 @@ def summarize(result) -> dict[str, Any]:
     }
 
 
+def fit_and_summarize(trainer) -> dict[str, Any]:
+    """Fit a trainer; a crashed run becomes verdict `failed` with its error, never an exception."""
+    try:
+        return summarize(trainer.fit())
+    except Exception as exc:  # Train V2 raises TrainingFailedError when a worker or the controller fails
+        # Ray puts the worker's traceback first and the actual error last: keep the end.
+        message = f"{type(exc).__name__}: ...{str(exc)[-500:]}"
+        return {"verdict": "failed", "reason": message, "step": None, "tokens": None, "val_ppl": None,
+                "max_loss_ratio": None, "checkpoint": None, "error": message}
+
+
 def train(spec: JobSpec, *, address: str | None = None, storage: str | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Run the spec's full training on Ray Train; logs to MLflow when a tracking URI is set."""
@@ -67,8 +78,7 @@ def train(spec: JobSpec, *, address: str | None = None, storage: str | None = No
         print(f"MLflow run: {uri}/#/experiments/{tracking.ensure_experiment(uri, tracking.experiment_name(spec))}"
               f"/runs/{run_id}", flush=True)
     options = RunOptions(mlflow_uri=uri, mlflow_run_id=run_id, progress=progress)
-    result = make_trainer(spec, options, name, storage or default_storage()).fit()
-    summary = summarize(result)
+    summary = fit_and_summarize(make_trainer(spec, options, name, storage or default_storage()))
     if uri:
         tracking.set_tags(uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
         tracking.end_run(uri, run_id, "FAILED" if summary["error"] else "FINISHED")

@@ -63,3 +63,14 @@ def test_stable_run_logs_validation_metrics(local_ray, tmp_path):
     assert len(history) >= 2 and all(h.value > 1 for h in history)
     seqlens = [h.value for h in client.get_metric_history(summary["mlflow_run_id"], M.TRAIN_SEQLEN)]
     assert seqlens == sorted(seqlens) and seqlens[-1] == spec.slw.full_length
+
+
+def test_a_crashed_run_is_reported_failed_not_raised(local_ray, tmp_path):
+    from slwtune.train import fit_and_summarize
+
+    spec = tiny(tmp_path)
+    # a dataset folder that does not exist: every worker raises DataError at start-up
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"path": str(tmp_path / "missing")})})
+    summary = fit_and_summarize(make_trainer(spec, RunOptions(), "crash", str(tmp_path / "ray")))
+    assert summary["verdict"] == "failed"
+    assert "missing" in summary["error"]

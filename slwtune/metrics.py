@@ -1,4 +1,8 @@
-"""Metric names: the one place they are spelled, so every MLflow run lines up."""
+"""The project's vocabulary: metric names, report keys, verdicts, job phases and outcomes,
+CLI exit codes and MLflow tag names. The one place each is spelled, so every MLflow run,
+report.json, the CLI and the service line up. Import as `from slwtune import metrics as M`."""
+
+import math
 
 TRAIN_LOSS = "train/loss"
 TRAIN_LOSS_RATIO = "train/loss_ratio"
@@ -26,7 +30,27 @@ MAX_LOSS_RATIO = "max_loss_ratio"
 BEST_VAL_PPL = "best_val_ppl"
 WALL_S = "wall_s"
 
-VERDICT_CODES = {"stable": 0, "fluctuating": 1, "diverged": 2}
+# Verdicts of a run (probe, full run or plain train). `failed` = the run crashed: not an SLW signal.
+STABLE, FLUCTUATING, DIVERGED, FAILED = "stable", "fluctuating", "diverged", "failed"
+VERDICTS = (STABLE, FLUCTUATING, DIVERGED, FAILED)
+VERDICT_CODES = {STABLE: 0, FLUCTUATING: 1, DIVERGED: 2}
+
+# Outcome of the selection (the parent run's verdict tag)
+CHOSEN, NONE_STABLE = "chosen", "none_stable"
+
+# Phases of a job's driver (the parent run's phase tag)
+PHASE_PROBING, PHASE_SELECTING, PHASE_FULL_RUN, PHASE_DONE = "probing", "selecting", "full_run", "done"
+PHASES = (PHASE_PROBING, PHASE_SELECTING, PHASE_FULL_RUN, PHASE_DONE)
+
+# Kinds of MLflow run (the kind tag)
+KIND_JOB, KIND_PROBE, KIND_FULL_RUN, KIND_TRAIN = "job", "probe", "full_run", "train"
+
+# Exit codes of `slwtune tune|train` (and of the Ray job's driver): one contract.
+EXIT_OK = 0             # done: knobs chosen and the full run (if any) finished stable
+EXIT_RUN_FAILED = 1     # the full run (or `slwtune train`) diverged or crashed
+EXIT_NONE_STABLE = 2    # no stable configuration (also: an invalid spec, as argparse does)
+EXIT_INFRA = 3          # infrastructure failure: every probe crashed, a backend is unreachable
+EXIT_INTERRUPTED = 130
 
 # MLflow tags
 TAG_VERDICT = "slwtune.verdict"
@@ -40,13 +64,26 @@ TAG_CHOSEN_DURATION = "slwtune.chosen.duration_steps"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_PROGRESS = "slwtune.progress"  # job: human-readable progress of the phase
 TAG_ROUND = "slwtune.round"        # probe: the search round it belongs to
+TAG_STRATEGY = "slwtune.strategy"  # job: paper | grid | optuna
+TAG_CONTINUED_FROM = "slwtune.continued_from"  # full run: the probe checkpoint it continued from
+TAG_START_LENGTH = "slw.start_length"      # probe: its knobs, as tags for the runs table
+TAG_DURATION_STEPS = "slw.duration_steps"
 
 # Values that cannot be NaN/Inf in reports (Tune's schedulers choke on them).
 NONFINITE_STANDIN = 1e30
 
 
+# exp() of a loss above this overflows a float; such a perplexity is reported as inf.
+_MAX_LOG_PPL = 700.0
+
+
 def finite(x: float) -> float:
     """x if finite, else a large finite stand-in: the verdict field says what happened."""
-    import math
-
     return float(x) if math.isfinite(x) else NONFINITE_STANDIN
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), the one definition: NaN stays NaN, a huge loss gives inf (never an overflow)."""
+    if math.isnan(loss):
+        return math.nan
+    return math.exp(loss) if loss < _MAX_LOG_PPL else math.inf

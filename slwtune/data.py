@@ -33,7 +33,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from slwtune import settings
 from slwtune.errors import DataError
+
+settings.quiet_tokenizers()  # before any tokenizer runs in a process Ray may fork
 
 __all__ = [
     "Tokenizer", "ByteTokenizer", "BpeTokenizer", "Gpt2Tokenizer", "TOKENIZERS", "make_tokenizer",
@@ -148,7 +151,7 @@ def _load_gpt2_encoding():
     """tiktoken's gpt2 encoding, or DataError at once when its files are not cached locally."""
     import tiktoken
 
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    cache = settings.tiktoken_cache()
     cache = cache if cache is not None else os.path.join(tempfile.gettempdir(), "data-gym-cache")
     # tiktoken names cached files by the sha1 of their URL; if any is missing it would try to
     # download (without a timeout), so fail before calling it.
@@ -391,9 +394,8 @@ def shakespeare_sources() -> list[Path]:
 
 
 def default_cache_dir() -> Path:
-    """Where builtin datasets are prepared: $SLWTUNE_CACHE_DIR, else ~/.cache/slwtune/datasets."""
-    env = os.environ.get("SLWTUNE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "slwtune" / "datasets"
+    """Where builtin datasets are prepared (see `slwtune.settings`)."""
+    return settings.dataset_cache_dir()
 
 
 def resolve_dataset(path: str, tokenizer: str, vocab_size: int, cache_dir: Path | None = None) -> Path:

@@ -26,6 +26,7 @@ VERDICT = "verdict"          # stable | fluctuating | diverged
 VERDICT_CODE = "verdict_code"  # 0 stable, 1 fluctuating, 2 diverged: numeric for Tune
 REASON = "reason"
 DONE = "done"
+EARLY = "early"              # the verdict came in the first evaluations of the window
 MAX_LOSS_RATIO = "max_loss_ratio"
 BEST_VAL_PPL = "best_val_ppl"
 WALL_S = "wall_s"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+
+from slwtune import settings
 
 
 def default_storage() -> str:
     """Where Ray Train/Tune keep experiment state and checkpoints."""
-    return os.environ.get("SLWTUNE_STORAGE", str(Path.home() / ".slwtune" / "ray_results"))
+    return settings.storage()
 
 
 def local_cpus_for(spec) -> int:
@@ -29,9 +30,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    settings.quiet_tokenizers()  # before Ray forks workers that inherit this environment
     # Train V2 + Tune: workers must be able to import slwtune; a local cluster shares this env.
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or settings.ray_address()
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from slwtune import settings
 from slwtune.errors import SpecError
 
 Pacing = Literal["fixed_linear", "fixed_root", "fixed_discrete"]
@@ -217,6 +217,12 @@ class JobSpec(_Section):
     def decay_tokens(self) -> int:
         return self.optim.decay_tokens or self.budget.train_tokens
 
+    def with_slw(self, start_length: int, duration_steps: int) -> "JobSpec":
+        """This spec with SLW on and the two knobs set (validated again: knobs come from a search)."""
+        data = self.to_dict()
+        data["slw"].update(start_length=int(start_length), duration_steps=int(duration_steps), enabled=True)
+        return JobSpec.model_validate(data)
+
     # ---- cross-field rules ---------------------------------------------------
 
     def problems(self) -> list[dict]:
@@ -405,9 +411,8 @@ def apply_overrides(data: dict, overrides: dict[str, Any] | list[str] | None) ->
 
 
 def presets_dir() -> Path:
-    """The folder of YAML presets: $SLWTUNE_PRESETS_DIR, else the repo's search_spaces/."""
-    env = os.environ.get("SLWTUNE_PRESETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "search_spaces"
+    """The folder of YAML presets (see `slwtune.settings`)."""
+    return settings.presets_dir()
 
 
 def list_presets() -> list[str]:

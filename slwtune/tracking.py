@@ -8,18 +8,18 @@ tree of runs (parent run per job, child run per probe and for the full run).
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
 from slwtune import metrics as M
+from slwtune import settings
 
 
 def tracking_uri(spec=None) -> str | None:
     """The spec's tracking URI, else $MLFLOW_TRACKING_URI, else None (no logging)."""
     if spec is not None and spec.tracking.tracking_uri:
         return spec.tracking.tracking_uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+    return settings.tracking_uri()
 
 
 def experiment_name(spec) -> str:

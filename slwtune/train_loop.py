@@ -31,7 +31,6 @@ from slwtune.schedule import lr_schedule_from_spec
 from slwtune.spec import JobSpec
 from slwtune.stability import StabilityMonitor, StabilityThresholds, adam_variance_stats
 from slwtune.tracking import RunLogger
-from slwtune.tuning.strategies import optuna_objective
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -50,7 +49,6 @@ class RunOptions:
     progress: bool = False                 # print a progress line from rank 0
     report_every_steps: int | None = None  # default: run.eval_every_steps
     stop_when_unstable: bool = False       # probes end on `fluctuating` too, not only `diverged`
-    objective: dict | None = None          # optuna_objective kwargs: report its score as `objective`
     trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
 
 
@@ -296,10 +294,6 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
             finished = finished or should_stop(verdict, options)
             state.monitor = monitor.state_dict()
             last = report_row(row, state, verdict, monitor, finished, time.time() - start_time)
-            if options.objective is not None:
-                last["objective"] = optuna_objective(verdict.status, spec.slw.start_length,
-                                                     spec.slw.duration_steps, best_val_ppl=last[M.BEST_VAL_PPL],
-                                                     **options.objective)
             ckpt = None
             if rank == 0 and (finished or state.step % spec.run.checkpoint_every_steps == 0):
                 ckpt = tempfile.mkdtemp(prefix="slwtune-ckpt-")

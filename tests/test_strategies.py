@@ -1,17 +1,16 @@
 """The selection logic on synthetic verdicts: monotone, non-monotone, all stable, none stable."""
 
 
+from slwtune.metrics import DIVERGED, FAILED, FLUCTUATING, STABLE
+from slwtune.spec import load_spec
+from slwtune.tuning.optuna_search import OptunaSearch
 from slwtune.tuning.strategies import (
-    DIVERGED,
-    FAILED,
-    FLUCTUATING,
-    STABLE,
     GridSearch,
     Outcome,
     PaperSearch,
     Probe,
     choose_paper_rule,
-    optuna_objective,
+    make_search,
     start_length_choices,
 )
 
@@ -142,14 +141,13 @@ def test_paper_rule_prefers_smallest_start_then_largest_t():
     assert choose_paper_rule([Outcome(Probe(8, 100), DIVERGED)]) is None
 
 
-def test_optuna_objective_orders_verdicts():
-    kw = dict(base_start=8, t_max=1000)
-    stable = optuna_objective(STABLE, 8, 100, **kw)
-    assert stable > optuna_objective(FLUCTUATING, 8, 900, **kw) > optuna_objective(DIVERGED, 8, 900, **kw) \
-        > optuna_objective(FAILED, 8, 900, **kw)
-    assert optuna_objective(STABLE, 8, 800, **kw) > optuna_objective(STABLE, 8, 400, **kw)
-    assert optuna_objective(STABLE, 8, 800, **kw) > optuna_objective(STABLE, 32, 800, **kw)
-
-
 def test_start_length_choices():
     assert start_length_choices(8, 64) == [8, 16, 32, 64]
+
+
+def test_make_search_builds_the_strategy_the_spec_names(tmp_path):
+    kw = dict(study_name="s", default_storage=f"sqlite:///{tmp_path}/o.db")
+    assert isinstance(make_search(load_spec("shakespeare-tiny"), **kw), PaperSearch)
+    grid = load_spec("shakespeare-tiny", ["tuning.strategy=grid", "tuning.start_lengths=[8]", "tuning.durations=[10]"])
+    assert isinstance(make_search(grid, **kw), GridSearch)
+    assert isinstance(make_search(load_spec("shakespeare-tiny", ["tuning.strategy=optuna"]), **kw), OptunaSearch)

@@ -26,7 +26,11 @@ def test_tiny_job_end_to_end(local_ray, tmp_path, monkeypatch):
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["chosen"] == report["chosen"] and report["chosen"]["start_length"] == 8
     assert spec.tuning.duration_min <= report["chosen"]["duration_steps"] <= spec.tuning.duration_max
-    assert all(t["verdict"] in ("stable", "fluctuating", "diverged", "failed") for t in report["trials"])
+    # the paper's rule: the chosen T is the largest stable T probed at the chosen start length
+    start = report["chosen"]["start_length"]
+    stable_t = [t["duration_steps"] for t in report["trials"] if t["verdict"] == M.STABLE and t["start_length"] == start]
+    assert report["chosen"]["duration_steps"] == max(stable_t)
+    assert all(t["reason"] for t in report["trials"] if t["verdict"] != M.STABLE)
     assert report["tuning_tokens"] == sum(t["tokens"] for t in report["trials"])
     assert report["full_run"]["verdict"] == "stable" and report["full_run"]["continued_from_probe"]
     assert report["net_tuning_fraction"] < report["tuning_fraction"]
@@ -76,7 +80,7 @@ def test_unstable_corner_is_pruned_and_others_go_on(local_ray, tmp_path, monkeyp
 def test_optuna_strategy_runs_a_seeded_study_in_an_rdb(local_ray, tmp_path, monkeypatch):
     import optuna
 
-    from slwtune.tuning.strategies import start_length_choices
+    from slwtune.tuning.optuna_search import search_space
 
     monkeypatch.setenv("SLWTUNE_STORAGE", str(tmp_path / "ray"))
     spec = load_spec("shakespeare-tiny", ["tuning.strategy=optuna", "tuning.n_trials=2",
@@ -93,10 +97,6 @@ def test_optuna_strategy_runs_a_seeded_study_in_an_rdb(local_ray, tmp_path, monk
 
     # seeded: a fresh sampler with the spec's seed proposes the same first knobs
     fresh = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    space = {"start_length": optuna.distributions.CategoricalDistribution(
-                 start_length_choices(spec.slw.start_length, spec.tuning.max_start_length)),
-             "duration_steps": optuna.distributions.IntDistribution(spec.tuning.duration_min,
-                                                                    spec.tuning.duration_max)}
     proposed = sorted((t.params["start_length"], t.params["duration_steps"])
-                      for t in (fresh.ask(space) for _ in range(2)))
+                      for t in (fresh.ask(search_space(spec)) for _ in range(2)))
     assert sorted((t["start_length"], t["duration_steps"]) for t in report["trials"]) == proposed

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slwtune import metrics as M
 from slwtune.pacing import make_pacing
 from slwtune.schedule import steps_for_tokens
 
@@ -26,7 +27,7 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
     winner = None
     if chosen is not None:
         winner = next((p for p in probes if p.start_length == chosen.start_length
-                       and p.duration_steps == chosen.duration_steps and p.verdict == "stable"), None)
+                       and p.duration_steps == chosen.duration_steps and p.verdict == M.STABLE), None)
     reused = winner.tokens if (winner is not None and reuse_probe and winner.checkpoint) else 0
     return {
         "job_id": job_id,
@@ -102,7 +103,7 @@ def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
     for p in probes:
         curve = [c for c in (p.curve or []) if c and c[0] is not None]
         label = f"s={p.start_length} T={p.duration_steps} ({p.verdict})"
-        style = "-" if p.verdict == "stable" else "--"
+        style = "-" if p.verdict == M.STABLE else "--"
         if curve and len(curve[0]) >= 3:
             ax1.plot([c[0] for c in curve], [c[1] for c in curve], style, label=label)
             ax2.plot([c[0] for c in curve], [c[2] for c in curve], style, label=label)
@@ -115,9 +116,7 @@ def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
     plt.close(fig)
 
     if chosen is not None:
-        from slwtune.tuning.tune_glue import with_knobs
-
-        tuned = with_knobs(spec, chosen.start_length, chosen.duration_steps)
+        tuned = spec.with_slw(chosen.start_length, chosen.duration_steps)
         pacing = make_pacing(tuned.slw)
         n = min(steps_for_tokens(pacing, tuned.budget.train_tokens, tuned.data.batch_size, tuned.slw.full_length),
                 max(3 * tuned.slw.duration_steps, 10))

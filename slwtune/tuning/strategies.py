@@ -1,21 +1,22 @@
 """Search strategies over the two SLW knobs, as pure logic (no Ray here).
 
-A strategy proposes rounds of probes `(start_length, duration_steps)` and is
-told their outcomes; the driver runs each round on Ray Tune. The paper's rule
-(slw-spec section 5) is `PaperSearch`; `GridSearch` runs explicit lists.
-Optuna's TPE is driven through Ray Tune's `OptunaSearch` (see `tune_glue`),
-scored by `optuna_objective` below.
+Every strategy speaks one protocol, `Search`: it proposes rounds of probes
+`(start_length, duration_steps)` with `next_round()`, is told their outcomes
+with `tell()`, and at the end says what it `chosen()`, which outcomes broke its
+assumptions (`violations()`) and what it decided along the way (`notes`). The
+driver runs each round on Ray Tune, the same way for every strategy. The
+paper's rule (slw-spec section 5) is `PaperSearch`; `GridSearch` runs explicit
+lists; Optuna's TPE lives in `slwtune.tuning.optuna_search` and asks/tells its
+own study. `make_search` builds the one a spec asks for.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Protocol
 
-# Verdicts a probe can end with. `failed` = the trial crashed (not an SLW signal).
-STABLE, FLUCTUATING, DIVERGED, FAILED = "stable", "fluctuating", "diverged", "failed"
+from slwtune.metrics import FAILED, STABLE
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,25 @@ class Outcome:
     verdict: str        # stable | fluctuating | diverged | failed
     early: bool = False  # the problem showed at the very beginning of the window
     reason: str = ""
+    best_val_ppl: float | None = None  # best full-length val ppl in the window (a tie-breaker)
+
+
+class Search(Protocol):
+    """What the driver needs of a strategy."""
+
+    notes: list[str]
+
+    def next_round(self) -> list[Probe]:
+        """The probes of the next round; empty when the search is over."""
+
+    def tell(self, outcomes: Iterable[Outcome]) -> None:
+        """The outcomes of the round just run (crashed probes as verdict `failed`)."""
+
+    def chosen(self) -> Probe | None:
+        """The knobs to train with, or None when no probe was stable."""
+
+    def violations(self) -> list[str]:
+        """Outcomes that break the search's monotone assumption, for the report."""
 
 
 @dataclass
@@ -187,31 +207,6 @@ def choose_paper_rule(outcomes: Iterable[Outcome]) -> Probe | None:
     return max((p for p in stable if p.start_length == start), key=lambda p: p.duration_steps)
 
 
-def optuna_objective(verdict: str, start_length: int, duration_steps: int, *, base_start: int,
-                     t_max: int, best_val_ppl: float | None = None) -> float:
-    """The score TPE maximises (documented in the README).
-
-    stable:      T / T_max (the paper wants the largest stable T) minus 0.05 per
-                 doubling of the start length above the spec's (smaller starts save
-                 more compute), plus a tie-breaker of at most 0.01 for lower val ppl;
-    fluctuating: -1;   diverged: -2;   failed: -3.
-    Always finite, so Tune's searchers never see NaN.
-    """
-    if verdict == STABLE:
-        doublings = math.log2(max(start_length, 1) / max(base_start, 1))
-        tie = 0.0
-        if best_val_ppl is not None and math.isfinite(best_val_ppl) and best_val_ppl > 0:
-            tie = 0.01 / (1.0 + math.log(best_val_ppl))
-        return duration_steps / t_max - 0.05 * max(doublings, 0.0) + tie
-    return {FLUCTUATING: -1.0, DIVERGED: -2.0}.get(verdict, -3.0)
-
-
-def choose_optuna(outcomes: Iterable[Outcome], scores: dict[Probe, float]) -> Probe | None:
-    """The stable probe with the best score."""
-    stable = [o.probe for o in outcomes if o.verdict == STABLE]
-    return max(stable, key=lambda p: scores.get(p, -math.inf)) if stable else None
-
-
 def start_length_choices(start: int, max_start: int) -> list[int]:
     """start, 2*start, ... up to max_start: the start lengths Optuna may pick."""
     out, s = [], start
@@ -219,3 +214,16 @@ def start_length_choices(start: int, max_start: int) -> list[int]:
         out.append(s)
         s *= 2
     return out
+
+
+def make_search(spec, *, study_name: str, default_storage: str) -> Search:
+    """The strategy the spec asks for (`tuning.strategy`)."""
+    t = spec.tuning
+    if t.strategy == "grid":
+        return GridSearch(list(t.start_lengths), list(t.durations))
+    if t.strategy == "optuna":
+        from slwtune.tuning.optuna_search import OptunaSearch
+
+        return OptunaSearch(spec, study_name=study_name, storage_url=t.optuna_storage or default_storage)
+    return PaperSearch(t_min=t.duration_min, t_max=t.duration_max, resolution=t.resolution, slots=t.slots,
+                       max_rounds=t.max_rounds, start=spec.slw.start_length, max_start=t.max_start_length)

@@ -18,16 +18,9 @@ from slwtune import tracking
 from slwtune.spec import JobSpec
 from slwtune.train import make_trainer
 from slwtune.train_loop import RunOptions
-from slwtune.tuning.strategies import FAILED, Outcome, Probe
+from slwtune.tuning.strategies import Outcome, Probe
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to metrics by TuneReportCallback
-
-
-def with_knobs(spec: JobSpec, start_length: int, duration_steps: int) -> JobSpec:
-    """The spec with the two SLW knobs set (validated again: knobs come from a search)."""
-    data = spec.to_dict()
-    data["slw"].update(start_length=int(start_length), duration_steps=int(duration_steps), enabled=True)
-    return JobSpec.model_validate(data)
 
 
 class VerdictStopper:
@@ -39,13 +32,14 @@ class VerdictStopper:
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         # A finished trial ends by itself; stopping it on `done` would cut its clean shutdown short.
-        return result.get(M.VERDICT, "stable") != "stable"
+        return result.get(M.VERDICT, M.STABLE) != M.STABLE
 
     def stop_all(self) -> bool:
         return False
 
 
-def _stopper():
+def verdict_stopper():
+    """A `VerdictStopper` that Tune accepts (its Stopper base class is imported lazily)."""
     from ray import tune
 
     class _VerdictStopper(VerdictStopper, tune.Stopper):
@@ -59,18 +53,18 @@ def probe_trial(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    spec = with_knobs(JobSpec.model_validate(config["spec"]), config["start_length"], config["duration_steps"])
+    spec = JobSpec.model_validate(config["spec"]).with_slw(config["start_length"], config["duration_steps"])
     trial_id = tune.get_context().get_trial_id()
     uri, run_id = config.get("mlflow_uri"), None
     if uri:
         run_id = tracking.create_run(
             uri, config["experiment"], f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}-{trial_id}",
             parent_run_id=config.get("parent_run_id"), params=spec.flat(),
-            tags={M.TAG_KIND: "probe", M.TAG_TRIAL_ID: trial_id, M.TAG_JOB_ID: config.get("job_id", ""),
-                  M.TAG_ROUND: config.get("round", 0), "slw.start_length": spec.slw.start_length,
-                  "slw.duration_steps": spec.slw.duration_steps})
+            tags={M.TAG_KIND: M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id, M.TAG_JOB_ID: config.get("job_id", ""),
+                  M.TAG_ROUND: config.get("round", 0), M.TAG_START_LENGTH: spec.slw.start_length,
+                  M.TAG_DURATION_STEPS: spec.slw.duration_steps})
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
-                         stop_when_unstable=True, objective=config.get("objective"))
+                         stop_when_unstable=True)
     trainer = make_trainer(spec, options, name=f"{config['job_name']}-probe-{trial_id}",
                            storage=config["storage"], callbacks=[TuneReportCallback()])
     try:
@@ -78,7 +72,7 @@ def probe_trial(config: dict) -> None:
     except Exception as exc:  # the trial fails alone; the driver records it as `failed`
         if uri and run_id:
             if M.TAG_VERDICT not in tracking.get_tags(uri, run_id):  # keep a verdict the loop already gave
-                tracking.set_tags(uri, run_id, {M.TAG_VERDICT: FAILED, M.TAG_REASON: str(exc)[:500]})
+                tracking.set_tags(uri, run_id, {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: str(exc)[:500]})
             tracking.end_run(uri, run_id, "FAILED")
         raise
     if uri and run_id:
@@ -106,7 +100,8 @@ class ProbeResult:
     curve: list = None  # [(step, val_ppl, loss_ratio)] of every report, for plots
 
     def outcome(self) -> Outcome:
-        return Outcome(Probe(self.start_length, self.duration_steps), self.verdict, self.early, self.reason)
+        return Outcome(Probe(self.start_length, self.duration_steps), self.verdict, self.early, self.reason,
+                       self.best_val_ppl)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -128,12 +123,12 @@ def result_to_probe(result, round_index: int) -> ProbeResult:
     config = result.config or {}
     verdict, reason = metrics.get(M.VERDICT), metrics.get(M.REASON, "")
     if result.error is not None:
-        verdict, reason = FAILED, f"{type(result.error).__name__}: {str(result.error)[:300]}"
+        verdict, reason = M.FAILED, f"{type(result.error).__name__}: {str(result.error)[:300]}"
     elif verdict is None:
-        verdict, reason = FAILED, "the trial reported nothing"
+        verdict, reason = M.FAILED, "the trial reported nothing"
     return ProbeResult(
         start_length=int(config["start_length"]), duration_steps=int(config["duration_steps"]),
-        verdict=verdict, reason=reason, early=bool(metrics.get("early", False)),
+        verdict=verdict, reason=reason, early=bool(metrics.get(M.EARLY, False)),
         best_val_ppl=_num(metrics, M.BEST_VAL_PPL), final_val_ppl=_num(metrics, M.VAL_PPL),
         max_loss_ratio=_num(metrics, M.MAX_LOSS_RATIO), steps=int(metrics.get(M.STEP) or 0),
         tokens=int(metrics.get(M.TRAIN_TOKENS) or 0), wall_s=float(metrics.get(M.WALL_S) or 0.0),
@@ -172,41 +167,36 @@ def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: s
                               mlflow_uri=mlflow_uri, round_index=round_index)
     param_space["knobs"] = tune.grid_search([p.as_config() for p in probes])
     tuner = tune.Tuner(
-        tune.with_resources(_flatten_knobs(probe_trial), trial_resources(spec)),
+        tune.with_resources(lift_knobs(probe_trial), trial_resources(spec)),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.tuning.max_concurrent_trials),
         run_config=tune.RunConfig(name=f"{spec.name}-{job_id}-round{round_index}", storage_path=storage,
-                                  stop=_stopper(), verbose=0,
+                                  stop=verdict_stopper(), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     start = time.time()
     grid = tuner.fit()
-    results = [result_to_probe(_unflatten(r), round_index) for r in grid]
+    results = [result_to_probe(KnobsResult(r), round_index) for r in grid]
     for r in results:
         r.wall_s = r.wall_s or (time.time() - start)
     return results
 
 
-def _flatten_knobs(fn):
-    """Lift `config["knobs"]` (a grid_search of dicts) into the top-level config."""
+def lift_knobs(fn):
+    """Wrap a trial function so `config["knobs"]` (one grid_search dict) sits at the top level."""
 
     def trial(config: dict) -> None:
-        merged = {**config, **config.get("knobs", {})}
-        return fn(merged)
+        return fn({**config, **config.get("knobs", {})})
 
     trial.__name__ = fn.__name__
     return trial
 
 
-class _ResultView:
-    """A Tune Result with its knobs lifted into `config`."""
+class KnobsResult:
+    """A Tune Result whose `config` has its knobs lifted to the top level, as `lift_knobs` sees it."""
 
     def __init__(self, result):
         self.metrics = result.metrics
         self.error = result.error
         self.metrics_dataframe = getattr(result, "metrics_dataframe", None)
         self.config = {**(result.config or {}), **(result.config or {}).get("knobs", {})}
-
-
-def _unflatten(result) -> _ResultView:
-    return _ResultView(result)

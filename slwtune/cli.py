@@ -75,9 +75,14 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from slwtune.plan import format_plan, make_plan
+    from slwtune.plan import format_plan, format_simulation, make_plan, parse_landscape, simulate
 
-    plan = make_plan(_load(args))
+    spec = _load(args)
+    if args.simulate is not None:
+        sim = simulate(spec, parse_landscape(args.simulate))
+        print(json.dumps(sim, indent=2) if args.json else format_simulation(sim))
+        return 0
+    plan = make_plan(spec)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
@@ -138,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the probe plan and its cost against the full run (runs nothing)")
     _spec_args(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--simulate", metavar="RULES", default=None,
+                   help="run the configured search against a stated landscape instead of training, e.g. "
+                        "'diverged<300,fluctuating>700,early<16' (T below 300 diverges, above 700 fluctuates, "
+                        "start lengths below 16 go wrong at the very beginning)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("serve", help="run the REST API")

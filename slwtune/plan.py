@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 
+from slwtune import metrics as M
+from slwtune.errors import SpecError
 from slwtune.pacing import make_pacing
 from slwtune.spec import JobSpec
+from slwtune.tuning.strategies import Outcome, Probe, make_search
 
 
 def _probe_tokens_and_flops(spec: JobSpec, start: int, duration: int, flops_fn) -> tuple[int, float]:
@@ -90,3 +95,94 @@ def format_plan(plan: dict) -> str:
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
         f"note            {plan['note']}",
     ])
+
+
+# ---- simulation: the configured search against a stated stability landscape ---------------
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """Which verdict each probe would get: `diverged<300,fluctuating>700,early<16`.
+
+    T below `diverged_below` diverges, T above `fluctuating_above` fluctuates, stable
+    otherwise; start lengths below `early_below` go wrong at the very beginning
+    (diverged, early) whatever T is.
+    """
+
+    diverged_below: int | None = None
+    fluctuating_above: int | None = None
+    early_below: int | None = None
+
+    def verdict(self, probe: Probe) -> tuple[str, bool]:
+        """(verdict, early) of a probe."""
+        if self.early_below is not None and probe.start_length < self.early_below:
+            return M.DIVERGED, True
+        if self.diverged_below is not None and probe.duration_steps < self.diverged_below:
+            return M.DIVERGED, False
+        if self.fluctuating_above is not None and probe.duration_steps > self.fluctuating_above:
+            return M.FLUCTUATING, False
+        return M.STABLE, False
+
+
+_RULE = re.compile(r"^(diverged|fluctuating|early)([<>])(\d+)$")
+_RULE_FIELDS = {("diverged", "<"): "diverged_below", ("fluctuating", ">"): "fluctuating_above",
+                ("early", "<"): "early_below"}
+
+
+def parse_landscape(rules: str) -> Landscape:
+    """`diverged<300,fluctuating>700,early<16` -> Landscape; SpecError names a bad rule."""
+    fields: dict[str, int] = {}
+    for rule in filter(None, (r.strip() for r in rules.split(","))):
+        m = _RULE.match(rule.replace(" ", ""))
+        key = _RULE_FIELDS.get((m.group(1), m.group(2))) if m else None
+        if key is None:
+            raise SpecError([{"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T "
+                              "or early<START, comma-separated"}])
+        fields[key] = int(m.group(3))
+    return Landscape(**fields)
+
+
+def simulate(spec: JobSpec, landscape: Landscape) -> dict:
+    """Run the spec's search against `landscape` instead of training: rounds, chosen, cost.
+
+    A probe that goes wrong early stops at `tuning.stability.early_fraction` of the window (the
+    loop stops at its verdict); every other probe is counted over the whole window (an upper
+    bound: a fluctuating probe stops at the report that shows it).
+    """
+    search = make_search(spec, study_name="simulation", default_storage="sqlite:///:memory:")
+    window = spec.probe_steps()
+    early_steps = max(1, math.ceil(spec.tuning.stability.early_fraction * window))
+    rounds, tokens = [], 0
+    while probes := search.next_round():
+        outcomes = [Outcome(p, *landscape.verdict(p)) for p in probes]
+        rounds.append([{**o.probe.as_config(), "verdict": o.verdict} for o in outcomes])
+        tokens += sum(probe_tokens(spec, o.probe, early_steps if o.early else window) for o in outcomes)
+        search.tell(outcomes)
+    chosen = search.chosen()
+    reused = probe_tokens(spec, chosen, window) if chosen and spec.tuning.reuse_probe_checkpoint else 0
+    full = spec.budget.train_tokens
+    return {"rounds": rounds, "chosen": chosen.as_config() if chosen else None, "probe_steps": window,
+            "tuning_tokens": tokens, "tuning_fraction": tokens / full,
+            "net_tuning_fraction": (tokens - reused) / full, "notes": list(search.notes),
+            "violations": search.violations()}
+
+
+def probe_tokens(spec: JobSpec, probe: Probe, steps: int) -> int:
+    """Tokens a probe with these knobs trains on in its first `steps` steps."""
+    pacing = make_pacing(spec.with_slw(probe.start_length, probe.duration_steps).slw)
+    return sum(spec.data.batch_size * pacing(t) for t in range(1, steps + 1))
+
+
+def format_simulation(sim: dict) -> str:
+    lines = []
+    for i, probes in enumerate(sim["rounds"], 1):
+        lines.append(f"round {i}: " + ", ".join(f"s={p['start_length']} T={p['duration_steps']} {p['verdict']}"
+                                                 for p in probes))
+    chosen = sim["chosen"]
+    lines.append("chosen: " + (f"start length {chosen['start_length']}, T={chosen['duration_steps']}"
+                               if chosen else "nothing (no stable probe)"))
+    lines += [f"note: {n}" for n in sim["notes"]] + [f"violation: {v}" for v in sim["violations"]]
+    lines.append(f"probe window {sim['probe_steps']} steps; tuning cost {sim['tuning_tokens']:,} tokens = "
+                 f"{sim['tuning_fraction']:.2%} of the full run ({sim['net_tuning_fraction']:.2%} net of the reused "
+                 f"winning probe)")
+    return "\n".join(lines)

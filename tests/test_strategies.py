@@ -151,3 +151,25 @@ def test_make_search_builds_the_strategy_the_spec_names(tmp_path):
     grid = load_spec("shakespeare-tiny", ["tuning.strategy=grid", "tuning.start_lengths=[8]", "tuning.durations=[10]"])
     assert isinstance(make_search(grid, **kw), GridSearch)
     assert isinstance(make_search(load_spec("shakespeare-tiny", ["tuning.strategy=optuna"]), **kw), OptunaSearch)
+
+
+def test_diverged_at_small_t_is_a_lower_bound():
+    # diverged below 300, stable 300-700, fluctuating above: round 1's ends settle nothing by themselves
+    s = paper(t_min=50, t_max=800, max_rounds=4)
+    run(s, lambda p: (DIVERGED, p.duration_steps < 150) if p.duration_steps < 300
+        else ((FLUCTUATING, False) if p.duration_steps > 700 else (STABLE, False)))
+    assert 650 <= s.chosen().duration_steps <= 700 and s.chosen().start_length == 8
+    assert s.violations() == []
+
+
+def test_diverged_above_a_stable_t_is_reported_and_bounds_the_search():
+    s = paper(t_min=100, t_max=1000)
+    s.tell([Outcome(Probe(8, 100), STABLE), Outcome(Probe(8, 1000), DIVERGED)])
+    assert s.bounds() == (100, 1000)
+    assert any("T=1000 was diverged above the stable T=100" in v for v in s.violations())
+
+
+def test_no_stable_t_between_the_failure_ends_chooses_nothing_without_doubling():
+    s = paper(t_min=100, t_max=1000, resolution=100)
+    run(s, lambda p: (DIVERGED, False) if p.duration_steps < 500 else (FLUCTUATING, False))
+    assert s.chosen() is None and {o.probe.start_length for o in s.outcomes} == {8}

@@ -50,6 +50,7 @@ class OptunaSearch:
     def __init__(self, spec, *, study_name: str, storage_url: str):
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints its own progress
         t = spec.tuning
         self.n_trials, self.per_round = t.n_trials, t.max_concurrent_trials
         self.base_start, self.t_max = spec.slw.start_length, t.duration_max

@@ -16,7 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
-from slwtune.metrics import FAILED, STABLE
+from slwtune.metrics import DIVERGED, FAILED, FLUCTUATING, STABLE
 
 
 @dataclass(frozen=True)
@@ -59,20 +59,27 @@ class Search(Protocol):
 
 @dataclass
 class PaperSearch:
-    """The paper's lightweight search, as a parallel k-ary search over T.
+    """The paper's lightweight search (slw-spec section 5), as a parallel k-ary search over T.
 
-    1. Start length: begins at `start`; when at least half of a round's probes
-       go wrong at the very beginning of the window (diverged or fluctuating,
-       `early`), it doubles (up to `max_start`) and the T search restarts.
-    2. Duration: assumes "stable" holds for T up to some T* and not above; each
-       round probes `slots` points evenly spaced inside the open interval
-       (largest stable T, smallest unstable T above it), starting from
-       [t_min, t_max]. Stops when the interval is narrower than `resolution`,
-       after `max_rounds` rounds at one start length, or when T_max is stable.
-    3. Chosen: the largest stable T at the final start length. Outcomes that
-       break monotonicity (an unstable T below a stable one) are kept in
-       `violations` and reported; a failed trial (crash) is retried never and
-       treated as unknown, not as unstable.
+    The paper's picture, at one start length: too small a T does not stabilise
+    (the probe diverges), too large a T overfits the short sequences (full-length
+    validation perplexity fluctuates), and the band between is stable. So:
+
+    1. Duration: `diverged` at T is a lower bound ("T too small"), `fluctuating`
+       at T an upper bound ("T too large"), `stable` at T a lower bound on the
+       largest stable T. Each round probes `slots` points evenly inside the open
+       interval (left, right) that is still unknown, starting from [t_min, t_max]
+       with both ends in round 1, so "all stable" and "none stable" settle at once.
+       It stops when the interval is narrower than `resolution`, after
+       `max_rounds` rounds at one start length, or when T_max is stable.
+    2. Start length: doubles (up to `max_start`) only on evidence about the start,
+       not about T: when the T search at this start is over with no stable T and
+       at least half of its probes went wrong at the very beginning of the window
+       (`early`). An early divergence at a small T is what a too-small T does, so
+       it narrows T first; only when no T helps is the start to blame.
+    3. Chosen: the largest stable T at the final start length. Outcomes that break
+       the order diverged < stable < fluctuating are kept in `violations` and
+       reported; a crashed probe (`failed`) is unknown, not unstable.
     """
 
     t_min: int
@@ -92,54 +99,89 @@ class PaperSearch:
     def _current(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.probe.start_length == self.start and o.verdict != FAILED]
 
+    def _largest_stable(self) -> int | None:
+        stable = [o.probe.duration_steps for o in self._current() if o.verdict == STABLE]
+        return max(stable) if stable else None
+
     def bounds(self) -> tuple[int | None, int | None]:
-        """(largest stable T, smallest unstable T above it) at the current start length."""
-        current = self._current()
-        stable = [o.probe.duration_steps for o in current if o.verdict == STABLE]
-        lo = max(stable) if stable else None
-        unstable_above = [o.probe.duration_steps for o in current
-                          if o.verdict != STABLE and (lo is None or o.probe.duration_steps > lo)]
-        hi = min(unstable_above) if unstable_above else None
-        return lo, hi
+        """(left, right) at the current start: T <= left is known stable or too small, T >= right too large.
+
+        Above the largest stable T, any unstable probe bounds the search from above (a diverged
+        one there is a violation); without a stable T, diverged probes below the smallest
+        fluctuating one bound it from below.
+        """
+        current, best = self._current(), self._largest_stable()
+        above = [o.probe.duration_steps for o in current if o.verdict != STABLE
+                 and (best is None and o.verdict == FLUCTUATING or best is not None and o.probe.duration_steps > best)]
+        right = min(above) if above else None
+        if best is not None:
+            return best, right
+        below = [o.probe.duration_steps for o in current if o.verdict == DIVERGED
+                 and (right is None or o.probe.duration_steps < right)]
+        return (max(below) if below else None), right
 
     def violations(self) -> list[str]:
-        """Unstable probes below a stable T: the monotone assumption does not hold there."""
-        lo, _ = self.bounds()
-        if lo is None:
-            return []
-        return [f"start {o.probe.start_length}, T={o.probe.duration_steps} was {o.verdict} "
-                f"below the stable T={lo}" for o in self._current()
-                if o.verdict != STABLE and o.probe.duration_steps < lo]
+        """Probes on the wrong side of the order diverged < stable < fluctuating."""
+        left, right = self.bounds()
+        best = self._largest_stable()
+        out = []
+        for o in self._current():
+            t = o.probe.duration_steps
+            if o.verdict == FLUCTUATING and left is not None and t < left:
+                what = f"the stable T={best}" if best is not None else f"the diverged T={left}"
+                out.append(f"start {o.probe.start_length}, T={t} was fluctuating below {what}")
+            elif o.verdict == DIVERGED and right is not None and t > right:
+                out.append(f"start {o.probe.start_length}, T={t} was diverged above the fluctuating T={right}")
+            elif o.verdict == DIVERGED and best is not None and t > best:
+                out.append(f"start {o.probe.start_length}, T={t} was diverged above the stable T={best}")
+        return out
 
     # ---- the protocol: next_round / tell / chosen --------------------------------
 
     def next_round(self) -> list[Probe]:
         """The probes of the next round; empty when the search is over."""
-        if self.finished:
+        while not self.finished:
+            points = self._points_at_start()
+            if points:
+                return [Probe(self.start, t) for t in points]
+            self._after_search_at_start()
+        return []
+
+    def _points_at_start(self) -> list[int]:
+        """The next T points at the current start, or [] when the T search there is over."""
+        left, right = self.bounds()
+        lo = left if left is not None else self.t_min - 1   # exclusive bounds of what is unknown
+        hi = right if right is not None else self.t_max + 1
+        if lo >= self.t_max or hi <= self.t_min or hi - lo <= self.resolution \
+                or self.rounds_at_start >= self.max_rounds:
             return []
-        lo, hi = self.bounds()
-        left = lo if lo is not None else self.t_min - 1   # exclusive bounds of what is unknown
-        right = hi if hi is not None else self.t_max + 1
         tested = {o.probe.duration_steps for o in self.outcomes if o.probe.start_length == self.start}
-        if (lo is not None and lo >= self.t_max) or (hi is not None and hi <= self.t_min) \
-                or right - left <= self.resolution or self.rounds_at_start >= self.max_rounds:
+        return self._spread(lo, hi, tested)
+
+    def _after_search_at_start(self) -> None:
+        """The T search at this start is over: done, or double the start on evidence about it."""
+        judged = self._current()
+        early_bad = [o for o in judged if o.verdict != STABLE and o.early]
+        if self._largest_stable() is not None or not judged or 2 * len(early_bad) < len(judged):
             self.finished = True
-            return []
-        points = self._spread(left, right, tested)
-        if not points:
+        elif self.start * 2 > self.max_start:
+            self.notes.append(f"no T was stable at start length {self.start} and {len(early_bad)}/{len(judged)} "
+                              f"probes went wrong at the very beginning; max_start_length={self.max_start} "
+                              f"forbids doubling")
             self.finished = True
-            return []
-        return [Probe(self.start, t) for t in points]
+        else:
+            self.notes.append(f"no T was stable at start length {self.start} and {len(early_bad)}/{len(judged)} "
+                              f"probes went wrong at the very beginning: doubling to {self.start * 2}")
+            self.start *= 2
+            self.rounds_at_start = 0
 
     def _spread(self, left: int, right: int, tested: set[int]) -> list[int]:
-        """`slots` integer points evenly inside (left, right), the ends included when open."""
+        """`slots` integer points evenly inside (left, right), the range's ends first when open."""
         lo = max(left, self.t_min - 1)
         hi = min(right, self.t_max + 1)
         if self.slots == 1:
             points = [(lo + hi) // 2]
         else:
-            # An open end probes the range's own end (T_min or T_max) first: it settles
-            # "all stable" / "none stable" in one round.
             a = self.t_min if left < self.t_min else lo + (hi - lo) / (self.slots + 1)
             b = self.t_max if right > self.t_max else hi - (hi - lo) / (self.slots + 1)
             points = [round(a + (b - a) * i / (self.slots - 1)) for i in range(self.slots)]
@@ -151,25 +193,12 @@ class PaperSearch:
         return sorted(out)
 
     def tell(self, outcomes: Iterable[Outcome]) -> None:
-        batch = list(outcomes)
-        self.outcomes.extend(batch)
+        self.outcomes.extend(outcomes)
         self.rounds_at_start += 1
-        judged = [o for o in batch if o.verdict != FAILED]
-        early_bad = [o for o in judged if o.verdict != STABLE and o.early]
-        if judged and 2 * len(early_bad) >= len(judged) and not any(o.verdict == STABLE for o in judged):
-            if self.start * 2 <= self.max_start:
-                self.notes.append(f"start length {self.start} went wrong at the very beginning in "
-                                  f"{len(early_bad)}/{len(judged)} probes: doubling to {self.start * 2}")
-                self.start *= 2
-                self.rounds_at_start = 0
-            else:
-                self.notes.append(f"start length {self.start} went wrong at the very beginning and "
-                                  f"max_start_length={self.max_start} forbids doubling")
-                self.finished = True
 
     def chosen(self) -> Probe | None:
-        lo, _ = self.bounds()
-        return Probe(self.start, lo) if lo is not None else None
+        best = self._largest_stable()
+        return Probe(self.start, best) if best is not None else None
 
 
 @dataclass

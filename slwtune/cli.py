@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
-from slwtune.errors import SlwtuneError
+from slwtune import metrics as M
+from slwtune.errors import SlwtuneError, SpecError
+
+EXIT_CODES_HELP = f"""exit codes (tune and train):
+  {M.EXIT_OK}    done: knobs chosen and the full run finished (train: the run did not diverge or crash)
+  {M.EXIT_RUN_FAILED}    the full run (train: the run) diverged or crashed; the reason names the step and signal
+  {M.EXIT_NONE_STABLE}    no stable configuration (the report says what to change); also an invalid spec
+  {M.EXIT_INFRA}    infrastructure failure: every probe crashed, data or a backend is missing
+"""
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +68,7 @@ def cmd_train(args) -> int:
         spec = spec.model_copy(update={"slw": spec.slw.model_copy(update={"enabled": False})})
     result = train(spec, address=args.address, storage=args.storage)
     print(json.dumps(result, indent=2, default=str))
-    return {"diverged": 3, "failed": 1}.get(result.get("verdict"), 0)
+    return M.EXIT_RUN_FAILED if result.get("verdict") in M.RUN_FAILED_VERDICTS else M.EXIT_OK
 
 
 def cmd_tune(args) -> int:
@@ -68,10 +77,10 @@ def cmd_tune(args) -> int:
     spec = _load(args)
     report = run_job(spec, out_dir=args.out, address=args.address, job_id=args.job_id,
                      full_run=not args.no_full_run)
-    chosen = report.get("chosen")
-    print(json.dumps({"chosen": chosen, "report": f"{args.out}/report.json",
-                      "mlflow_parent_run_id": report.get("mlflow_parent_run_id")}, indent=2))
-    return 0 if chosen else 2
+    print(json.dumps({"outcome": report["outcome"], "error": report["error"], "chosen": report["chosen"],
+                      "full_run": report.get("full_run"), "report": f"{args.out}/report.json",
+                      "mlflow_parent_run_id": report.get("mlflow_parent_run_id")}, indent=2, default=str))
+    return M.EXIT_FOR_OUTCOME[report["outcome"]]
 
 
 def cmd_plan(args) -> int:
@@ -103,7 +112,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slwtune", description=(
         "Tune Sequence Length Warmup (start length, duration T) for GPT pre-training on Ray; "
-        "everything logged to MLflow."))
+        "everything logged to MLflow."), epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="validate a spec (after --set overrides) and print it")
@@ -125,14 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_prepare)
 
-    p = sub.add_parser("train", help="one training run on Ray Train (local Ray if none configured)")
+    p = sub.add_parser("train", help="one training run on Ray Train (local Ray if none configured)", epilog=EXIT_CODES_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _spec_args(p)
     p.add_argument("--no-slw", action="store_true", help="train the baseline at full length")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--storage", default=None, help="Ray storage path (default: ~/.slwtune/ray_results)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="probe -> select -> full run (the whole tuning job)")
+    p = sub.add_parser("tune", help="probe -> select -> full run (the whole tuning job)", epilog=EXIT_CODES_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _spec_args(p)
     p.add_argument("--out", default="slwtune-out", help="folder for the report, plots and checkpoints")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
@@ -165,12 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except SpecError as exc:
+        print(f"slwtune: error: {exc}", file=sys.stderr)
+        return M.EXIT_NONE_STABLE  # bad input: argparse's usage code
     except SlwtuneError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
-        return 2
+        return M.EXIT_INFRA
     except KeyboardInterrupt:
         print("slwtune: interrupted", file=sys.stderr)
-        return 130
+        return M.EXIT_INTERRUPTED
+    except Exception:  # a backend (Ray, MLflow) or a bug: never exit 1, which means "the run failed"
+        traceback.print_exc()
+        print("slwtune: error: unexpected failure (traceback above)", file=sys.stderr)
+        return M.EXIT_INFRA
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from slwtune import metrics as M
 from slwtune import tracking
+from slwtune.export import MODEL_ARTIFACT_DIR, export_model
 from slwtune.raycluster import default_storage, ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec
 from slwtune.train import fit_and_summarize, make_trainer
@@ -30,6 +31,7 @@ class Job:
         self.uri = tracking.tracking_uri(spec)
         self.storage = default_storage()
         self.parent_run_id: str | None = None
+        self.notes: list[str] = []  # what the driver decided (retries), for the report
 
     @property
     def logs_to_mlflow(self) -> bool:
@@ -62,39 +64,56 @@ class Job:
 
 
 def run_search(job: Job, search: Search) -> list[ProbeResult]:
-    """Rounds of probes until the strategy is done: the same loop for every strategy."""
+    """Rounds of probes until the strategy is done: the same loop for every strategy.
+
+    A probe that crashed is run once more before it counts as `failed` (a crash says
+    nothing about SLW; a flaky node should not cost the search a point).
+    """
     results: list[ProbeResult] = []
     round_index = 0
     while probes := search.next_round():
         round_index += 1
         job.status(progress=f"round {round_index}: probing {[p.as_config() for p in probes]}")
-        batch = run_round(job.spec, probes, round_index=round_index, job_id=job.job_id, storage=job.storage,
-                          parent_run_id=job.parent_run_id, mlflow_uri=job.uri)
+        batch = probe_round(job, probes, round_index)
+        crashed = [r for r in batch if r.verdict == M.FAILED]
+        if crashed:
+            job.notes.append(f"round {round_index}: retried {len(crashed)} crashed probe(s) once: "
+                             + "; ".join(f"s={r.start_length} T={r.duration_steps}: {r.reason}" for r in crashed))
+            job.status(progress=f"round {round_index}: retrying {len(crashed)} crashed probe(s)")
+            retried = probe_round(job, [Probe(r.start_length, r.duration_steps) for r in crashed], round_index,
+                                  attempt=2)
+            batch = [r for r in batch if r.verdict != M.FAILED] + retried
         results.extend(batch)
-        sync_probe_tags(job, batch)
         search.tell(r.outcome() for r in batch)
         job.status(progress=f"round {round_index}: " + ", ".join(
             f"s={r.start_length} T={r.duration_steps} {r.verdict}" for r in batch))
     return results
 
 
+def probe_round(job: Job, probes: list[Probe], round_index: int, attempt: int = 1) -> list[ProbeResult]:
+    batch = run_round(job.spec, probes, round_index=round_index, job_id=job.job_id, storage=job.storage,
+                      parent_run_id=job.parent_run_id, mlflow_uri=job.uri, attempt=attempt)
+    sync_probe_tags(job, batch)
+    return batch
+
+
 def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:
     """Make each probe's MLflow run say what the report says (one source of truth): verdict tags
-    and a terminal status; pruned probes are FINISHED runs told apart by their verdict tag."""
+    and the status the UI shows (stable FINISHED, pruned KILLED, crashed FAILED)."""
     if not job.logs_to_mlflow:
         return
     for r in results:
         run = tracking.find_child(job.uri, job.parent_run_id, M.TAG_TRIAL_ID, r.trial_id) if r.trial_id else None
         if run is not None:
             tracking.set_tags(job.uri, run.info.run_id, {M.TAG_VERDICT: r.verdict, M.TAG_REASON: r.reason or "-"})
-            if run.info.status == "RUNNING":  # a stopped trial never got to end its run
-                tracking.end_run(job.uri, run.info.run_id, "FAILED" if r.verdict == M.FAILED else "FINISHED")
+            tracking.end_run(job.uri, run.info.run_id, tracking.run_status(r.verdict))
 
 
 # ---- full run ---------------------------------------------------------------------------------
 
 
 def run_full(job: Job, chosen: Probe, winner: ProbeResult | None) -> dict:
+    """The full run with the chosen knobs: its summary (the report's `full_run`)."""
     spec = job.spec.with_slw(chosen.start_length, chosen.duration_steps)
     init = winner.checkpoint if (winner and spec.tuning.reuse_probe_checkpoint) else None
     run_id = None
@@ -104,13 +123,19 @@ def run_full(job: Job, chosen: Probe, winner: ProbeResult | None) -> dict:
                                      tags={M.TAG_KIND: M.KIND_FULL_RUN, M.TAG_JOB_ID: job.job_id,
                                            M.TAG_CONTINUED_FROM: init or "-"})
     job.status(phase=M.PHASE_FULL_RUN, progress="full run started")
-    options = RunOptions(mlflow_uri=job.uri, mlflow_run_id=run_id, init_checkpoint=init, progress=True)
+    options = RunOptions(mlflow_uri=job.uri, mlflow_run_id=run_id, init_checkpoint=init, progress=True,
+                         progress_run_id=job.parent_run_id)
     trainer = make_trainer(spec, options, f"{spec.name}-{job.job_id}-full", job.storage)
     summary = fit_and_summarize(trainer)
-    summary.update(continued_from_probe=bool(init), mlflow_run_id=run_id)
+    summary.update(continued_from_probe=bool(init), mlflow_run_id=run_id, slw_enabled=spec.slw.enabled,
+                   model=None)
+    if summary["checkpoint"] and summary["verdict"] not in M.RUN_FAILED_VERDICTS:
+        summary["model"] = str(export_model(spec, summary["checkpoint"], job.out / "model"))
+        if job.uri and run_id:
+            tracking.log_artifact(job.uri, run_id, summary["model"], MODEL_ARTIFACT_DIR)
     if job.uri and run_id:
-        tracking.set_tags(job.uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary.get("reason") or "-"})
-        tracking.end_run(job.uri, run_id, "FAILED" if summary.get("error") else "FINISHED")
+        tracking.set_tags(job.uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
+        tracking.end_run(job.uri, run_id, "FAILED" if summary["verdict"] in M.RUN_FAILED_VERDICTS else "FINISHED")
     return summary
 
 
@@ -120,6 +145,17 @@ def winning_probe(results: list[ProbeResult], chosen: Probe | None) -> ProbeResu
         return None
     return next((r for r in results if r.verdict == M.STABLE and r.start_length == chosen.start_length
                  and r.duration_steps == chosen.duration_steps), None)
+
+
+def job_outcome(results: list[ProbeResult], chosen: Probe | None, full_run: dict | None) -> tuple[str, str | None]:
+    """(outcome, error) of a job, told truthfully: a crash is not instability, a failed full run is a failure."""
+    if results and all(r.verdict == M.FAILED for r in results):
+        return M.OUTCOME_PROBES_CRASHED, f"probes crashed: {results[0].reason}"
+    if chosen is None:
+        return M.OUTCOME_NONE_STABLE, None
+    if full_run is not None and full_run["verdict"] in M.RUN_FAILED_VERDICTS:
+        return M.OUTCOME_RUN_FAILED, f"full run {full_run['verdict']}: {full_run['reason']}"
+    return M.OUTCOME_DONE, None
 
 
 def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, job_id: str | None = None,
@@ -135,9 +171,11 @@ def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, j
         results = run_search(job, search)
         chosen = search.chosen()
         job.status(phase=M.PHASE_SELECTING, progress=f"{len(results)} probes done")
+        outcome, error = job_outcome(results, chosen, None)
         report = build_report(spec=spec, job_id=job.job_id, strategy=spec.tuning.strategy, probes=results,
-                              chosen=chosen, notes=list(search.notes), violations=search.violations(),
-                              reuse_probe=spec.tuning.reuse_probe_checkpoint, parent_run_id=job.parent_run_id)
+                              chosen=chosen, notes=list(search.notes) + job.notes, violations=search.violations(),
+                              reuse_probe=spec.tuning.reuse_probe_checkpoint, parent_run_id=job.parent_run_id,
+                              outcome=outcome, error=error)
         report_files = write_report(report, job.out)
         plots = write_plots(results, spec, chosen, job.out)
         outcome_tags = {M.TAG_VERDICT: M.CHOSEN if chosen else M.NONE_STABLE}
@@ -147,12 +185,14 @@ def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, j
         job.set_tags(outcome_tags)
         if chosen is not None and full_run:
             report["full_run"] = run_full(job, chosen, winning_probe(results, chosen))
+            report["outcome"], report["error"] = job_outcome(results, chosen, report["full_run"])
             report_files = write_report(report, job.out)
+        job.set_tags({M.TAG_OUTCOME: report["outcome"], M.TAG_REASON: report["error"] or "-"})
         if job.logs_to_mlflow:
             for path in report_files + plots:
                 tracking.log_artifact(job.uri, job.parent_run_id, str(path))
-        job.status(phase=M.PHASE_DONE, progress="done")
-        status = "FINISHED"
+        job.status(phase=M.PHASE_DONE, progress=report["error"] or "done")
+        status = "FINISHED" if report["outcome"] in (M.OUTCOME_DONE, M.OUTCOME_NONE_STABLE) else "FAILED"
         return report
     finally:
         if job.logs_to_mlflow:

@@ -46,12 +46,22 @@ PHASES = (PHASE_PROBING, PHASE_SELECTING, PHASE_FULL_RUN, PHASE_DONE)
 # Kinds of MLflow run (the kind tag)
 KIND_JOB, KIND_PROBE, KIND_FULL_RUN, KIND_TRAIN = "job", "probe", "full_run", "train"
 
+# Outcomes of a job (report.json `outcome`, the parent run's outcome tag)
+OUTCOME_DONE = "done"                      # knobs chosen; the full run (if any) did not diverge or crash
+OUTCOME_RUN_FAILED = "full_run_failed"     # the full run diverged or crashed
+OUTCOME_NONE_STABLE = "none_stable"        # no probe was stable: the report says what to change
+OUTCOME_PROBES_CRASHED = "probes_crashed"  # every probe crashed: not an SLW signal, no advice
+
 # Exit codes of `slwtune tune|train` (and of the Ray job's driver): one contract.
 EXIT_OK = 0             # done: knobs chosen and the full run (if any) finished stable
 EXIT_RUN_FAILED = 1     # the full run (or `slwtune train`) diverged or crashed
 EXIT_NONE_STABLE = 2    # no stable configuration (also: an invalid spec, as argparse does)
 EXIT_INFRA = 3          # infrastructure failure: every probe crashed, a backend is unreachable
 EXIT_INTERRUPTED = 130
+EXIT_FOR_OUTCOME = {OUTCOME_DONE: EXIT_OK, OUTCOME_RUN_FAILED: EXIT_RUN_FAILED,
+                    OUTCOME_NONE_STABLE: EXIT_NONE_STABLE, OUTCOME_PROBES_CRASHED: EXIT_INFRA}
+# Verdicts that make a training run a failure (a full run that only fluctuated still trained)
+RUN_FAILED_VERDICTS = (DIVERGED, FAILED)
 
 # MLflow tags
 TAG_VERDICT = "slwtune.verdict"
@@ -66,6 +76,7 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_PROGRESS = "slwtune.progress"  # job: human-readable progress of the phase
 TAG_ROUND = "slwtune.round"        # probe: the search round it belongs to
 TAG_STRATEGY = "slwtune.strategy"  # job: paper | grid | optuna
+TAG_OUTCOME = "slwtune.outcome"    # job: one of the OUTCOME_* values
 TAG_CONTINUED_FROM = "slwtune.continued_from"  # full run: the probe checkpoint it continued from
 TAG_START_LENGTH = "slw.start_length"      # probe: its knobs, as tags for the runs table
 TAG_DURATION_STEPS = "slw.duration_steps"

@@ -84,6 +84,11 @@ def find_child(uri: str, parent_run_id: str, tag: str, value: str):
     return next((r for r in child_runs(uri, parent_run_id) if r.data.tags.get(tag) == value), None)
 
 
+def run_status(verdict: str) -> str:
+    """The MLflow status that tells a run's verdict in the UI's status column."""
+    return {M.STABLE: "FINISHED", M.FAILED: "FAILED"}.get(verdict, "KILLED")  # unstable = pruned
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
@@ -123,9 +128,10 @@ class RunLogger:
             client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
         self._buffer.clear()
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
+    def set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
+        """Tags on this run (or on `run_id` of the same server, e.g. the job's parent run)."""
         if self.enabled:
-            set_tags(self.uri, self.run_id, tags)
+            set_tags(self.uri, run_id or self.run_id, tags)
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:

@@ -39,18 +39,39 @@ def make_trainer(spec: JobSpec, options: RunOptions, name: str, storage: str, ca
     )
 
 
+def _finite_or_none(value) -> float | None:
+    import math
+
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value >= M.NONFINITE_STANDIN:
+        return None
+    return float(value)
+
+
+def checkpoint_location(checkpoint) -> str | None:
+    """Where a Ray checkpoint lives, with its filesystem's scheme when it is not local."""
+    if checkpoint is None:
+        return None
+    scheme = getattr(getattr(checkpoint, "filesystem", None), "type_name", "local")
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
+
+
 def summarize(result) -> dict[str, Any]:
-    """The last report of a finished Train run, plus its checkpoint path and error."""
+    """What a finished Train run did: verdict and reason, steps, tokens, val ppl, checkpoint, error.
+
+    A run that raised is `failed` even when its last report said stable: it did not finish.
+    """
     metrics = dict(result.metrics or {})
+    error = str(result.error) if result.error else None
     return {
-        "verdict": metrics.get(M.VERDICT, "failed" if result.error else "stable"),
-        "reason": metrics.get(M.REASON, str(result.error) if result.error else ""),
-        "step": metrics.get(M.STEP),
+        "verdict": M.FAILED if error else metrics.get(M.VERDICT, M.STABLE),
+        "reason": (error or "")[-500:] if error else metrics.get(M.REASON, ""),
+        "steps": metrics.get(M.STEP),
         "tokens": metrics.get(M.TRAIN_TOKENS),
-        "val_ppl": metrics.get(M.VAL_PPL),
-        "max_loss_ratio": metrics.get(M.MAX_LOSS_RATIO),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "error": str(result.error) if result.error else None,
+        "final_val_ppl": _finite_or_none(metrics.get(M.VAL_PPL)),
+        "best_val_ppl": _finite_or_none(metrics.get(M.BEST_VAL_PPL)),
+        "max_loss_ratio": _finite_or_none(metrics.get(M.MAX_LOSS_RATIO)),
+        "checkpoint": checkpoint_location(result.checkpoint),
+        "error": error,
     }
 
 
@@ -61,8 +82,8 @@ def fit_and_summarize(trainer) -> dict[str, Any]:
     except Exception as exc:  # Train V2 raises TrainingFailedError when a worker or the controller fails
         # Ray puts the worker's traceback first and the actual error last: keep the end.
         message = f"{type(exc).__name__}: ...{str(exc)[-500:]}"
-        return {"verdict": "failed", "reason": message, "step": None, "tokens": None, "val_ppl": None,
-                "max_loss_ratio": None, "checkpoint": None, "error": message}
+        return {"verdict": M.FAILED, "reason": message, "steps": None, "tokens": None, "final_val_ppl": None,
+                "best_val_ppl": None, "max_loss_ratio": None, "checkpoint": None, "error": message}
 
 
 def train(spec: JobSpec, *, address: str | None = None, storage: str | None = None,
@@ -74,13 +95,13 @@ def train(spec: JobSpec, *, address: str | None = None, storage: str | None = No
     run_id = None
     if uri:
         run_id = tracking.create_run(uri, tracking.experiment_name(spec), name,
-                                     tags={M.TAG_KIND: "train", M.TAG_PHASE: "train"}, params=spec.flat())
+                                     tags={M.TAG_KIND: M.KIND_TRAIN}, params=spec.flat())
         print(f"MLflow run: {uri}/#/experiments/{tracking.ensure_experiment(uri, tracking.experiment_name(spec))}"
               f"/runs/{run_id}", flush=True)
     options = RunOptions(mlflow_uri=uri, mlflow_run_id=run_id, progress=progress)
     summary = fit_and_summarize(make_trainer(spec, options, name, storage or default_storage()))
     if uri:
         tracking.set_tags(uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
-        tracking.end_run(uri, run_id, "FAILED" if summary["error"] else "FINISHED")
+        tracking.end_run(uri, run_id, "FAILED" if summary["verdict"] in M.RUN_FAILED_VERDICTS else "FINISHED")
     summary["mlflow_run_id"] = run_id
     return summary

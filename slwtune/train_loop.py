@@ -47,6 +47,7 @@ class RunOptions:
     mlflow_run_id: str | None = None
     init_checkpoint: str | None = None     # continue from this dir (e.g. the winning probe)
     progress: bool = False                 # print a progress line from rank 0
+    progress_run_id: str | None = None     # also set that line as the progress tag of this MLflow run
     report_every_steps: int | None = None  # default: run.eval_every_steps
     stop_when_unstable: bool = False       # probes end on `fluctuating` too, not only `diverged`
     trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
@@ -308,7 +309,9 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
             if ckpt:
                 shutil.rmtree(ckpt, ignore_errors=True)
             if rank == 0 and options.progress:
-                print_progress(state, spec, length, loss_value, verdict, time.time() - start_time)
+                line = print_progress(state, spec, length, loss_value, verdict, time.time() - start_time)
+                if options.mlflow_uri and options.progress_run_id:
+                    logger.set_tags({M.TAG_PROGRESS: line}, run_id=options.progress_run_id)
         elif state.step % spec.run.log_every_steps == 0 or state.step == 1:
             logger.log(row, state.step)
         if finished:
@@ -353,13 +356,16 @@ def reserve_full_length_memory(model, spec: JobSpec, device: torch.device) -> No
     model.zero_grad(set_to_none=True)
 
 
-def print_progress(state: TrainState, spec: JobSpec, length: int, loss: float, verdict, elapsed: float) -> None:
+def print_progress(state: TrainState, spec: JobSpec, length: int, loss: float, verdict, elapsed: float) -> str:
+    """Print a progress bar line; returns the line without the bar (the job's progress)."""
     budget = spec.budget.train_tokens
     frac = min(1.0, state.tokens / budget)
     eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
     bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-    print(f"[{bar}] {frac:6.1%} tokens {state.tokens:,}/{budget:,} step {state.step} seqlen {length} "
-          f"loss {loss:.4f} {verdict.status} ETA {eta:5.0f}s", flush=True)
+    line = (f"full run: step {state.step}, tokens {state.tokens:,}/{budget:,} ({frac:.1%}), seqlen {length}, "
+            f"loss {loss:.4f}, {verdict.status}, ETA {eta:.0f}s")
+    print(f"[{bar}] {line}", flush=True)
+    return line
 
 
 # ---- sessions -------------------------------------------------------------------------

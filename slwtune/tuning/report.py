@@ -20,7 +20,7 @@ ADVICE_NONE_STABLE = [
 
 def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, notes: list[str],
                  violations: list[str], reuse_probe: bool, parent_run_id: str | None,
-                 full_run: dict | None = None) -> dict[str, Any]:
+                 outcome: str, error: str | None = None, full_run: dict | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the README for the field meanings)."""
     tuning_tokens = sum(p.tokens for p in probes)
     full_tokens = spec.budget.train_tokens
@@ -32,6 +32,8 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
     return {
         "job_id": job_id,
         "name": spec.name,
+        "outcome": outcome,   # slwtune.metrics.OUTCOME_*: what happened, in one word
+        "error": error,       # why the job failed, or None
         "strategy": strategy,
         "chosen": None if chosen is None else {"start_length": chosen.start_length,
                                                "duration_steps": chosen.duration_steps},
@@ -44,7 +46,7 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
         "probe_steps": spec.probe_steps(),
         "notes": list(notes),
         "violations": list(violations),
-        "advice": [] if chosen is not None else list(ADVICE_NONE_STABLE),
+        "advice": list(ADVICE_NONE_STABLE) if outcome == M.OUTCOME_NONE_STABLE else [],
         "mlflow_parent_run_id": parent_run_id,
         "full_run": full_run,
     }
@@ -57,10 +59,12 @@ def _fmt(x, spec: str = ".2f") -> str:
 def report_markdown(report: dict) -> str:
     lines = [f"# slwtune report: {report['name']} ({report['job_id']})", ""]
     chosen = report["chosen"]
+    if report.get("error"):
+        lines += [f"**Failed:** {report['error']}", ""]
     if chosen:
         lines.append(f"**Chosen:** start length {chosen['start_length']}, duration T = "
                      f"{chosen['duration_steps']} steps (strategy `{report['strategy']}`).")
-    else:
+    elif report["advice"]:
         lines.append("**No stable configuration found.** What to change:")
         lines += [f"- {a}" for a in report["advice"]]
     lines += ["", f"Tuning cost: {report['tuning_tokens']:,} tokens = {report['tuning_fraction']:.1%} of the "
@@ -77,8 +81,11 @@ def report_markdown(report: dict) -> str:
             lines += ["", f"## {title}", *[f"- {i}" for i in items]]
     if report.get("full_run"):
         fr = report["full_run"]
-        lines += ["", "## Full run", f"verdict {fr.get('verdict')}, val ppl {_fmt(fr.get('val_ppl'))}, "
-                  f"tokens {fr.get('tokens') or 0:,}, continued from probe: {fr.get('continued_from_probe')}"]
+        lines += ["", "## Full run", f"verdict {fr.get('verdict')}"
+                  + (f" ({fr['reason']})" if fr.get("reason") else "")
+                  + f", {fr.get('steps') or 0} steps, {fr.get('tokens') or 0:,} tokens, final val ppl "
+                  f"{_fmt(fr.get('final_val_ppl'))}, best {_fmt(fr.get('best_val_ppl'))}, continued from probe: "
+                  f"{fr.get('continued_from_probe')}", f"model: {fr.get('model') or '-'}"]
     return "\n".join(lines) + "\n"
 
 
@@ -109,7 +116,8 @@ def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
             ax2.plot([c[0] for c in curve], [c[2] for c in curve], style, label=label)
     ax1.set(title="probe validation perplexity (full length)", xlabel="step", ylabel="val ppl", yscale="log")
     ax2.set(title="training loss ratio (loss / min earlier loss)", xlabel="step", ylabel="ratio")
-    ax1.legend(fontsize=7)
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out_dir / "probes.png")
     fig.savefig(paths[-1], dpi=100)

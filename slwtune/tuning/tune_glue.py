@@ -132,9 +132,21 @@ def result_to_probe(result, round_index: int) -> ProbeResult:
         best_val_ppl=_num(metrics, M.BEST_VAL_PPL), final_val_ppl=_num(metrics, M.VAL_PPL),
         max_loss_ratio=_num(metrics, M.MAX_LOSS_RATIO), steps=int(metrics.get(M.STEP) or 0),
         tokens=int(metrics.get(M.TRAIN_TOKENS) or 0), wall_s=float(metrics.get(M.WALL_S) or 0.0),
-        checkpoint=metrics.get(CHECKPOINT_PATH_KEY), trial_id=str(metrics.get("trial_id", "")),
+        checkpoint=with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage")), trial_id=str(metrics.get("trial_id", "")),
         round=round_index, curve=_curve(result),
     )
+
+
+def with_storage_scheme(path: str | None, storage: str | None) -> str | None:
+    """A checkpoint path as Tune reports it (no scheme) made whole again when storage is a URI.
+
+    With `SLWTUNE_STORAGE=s3://bucket/runs` Tune reports `bucket/runs/...`; reading that back
+    as a local path would miss the checkpoint, so the full run could not continue from it.
+    """
+    if not path or not storage or "://" not in storage or "://" in path:
+        return path
+    scheme = storage.split("://", 1)[0]
+    return f"{scheme}://{path}"
 
 
 def _curve(result) -> list:
@@ -159,7 +171,7 @@ def trial_resources(spec: JobSpec) -> dict:
 
 
 def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: str, storage: str,
-              parent_run_id: str | None, mlflow_uri: str | None) -> list[ProbeResult]:
+              parent_run_id: str | None, mlflow_uri: str | None, attempt: int = 1) -> list[ProbeResult]:
     """Run one round of probes concurrently (up to tuning.max_concurrent_trials) on Ray Tune."""
     from ray import tune
 
@@ -170,7 +182,8 @@ def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: s
         tune.with_resources(lift_knobs(probe_trial), trial_resources(spec)),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.tuning.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"{spec.name}-{job_id}-round{round_index}", storage_path=storage,
+        run_config=tune.RunConfig(name=f"{spec.name}-{job_id}-round{round_index}"
+                                  + (f"-attempt{attempt}" if attempt > 1 else ""), storage_path=storage,
                                   stop=verdict_stopper(), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )

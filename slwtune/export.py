@@ -1,0 +1,48 @@
+"""The trained model as a result: one file with the weights and the model config.
+
+The full run's final checkpoint holds the optimizer, RNG and loop state needed to
+resume; users want the model. `export_model` writes `model.pt` (a `state_dict`
+plus the GPT config and the job spec), logged to MLflow under `model/` of the
+full run; `load_model(path)` gives the GPT back in one call:
+
+    from slwtune.export import load_model
+    model = load_model("slwtune-out/model/model.pt")      # or a file downloaded from MLflow
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from slwtune.model import GPT, GPTConfig
+
+MODEL_FILE = "model.pt"
+MODEL_ARTIFACT_DIR = "model"  # artifact folder of the full run in MLflow
+_EMBEDDING = "transformer.wte.weight"
+
+
+def export_model(spec, checkpoint: str, dest_dir: str | Path) -> Path:
+    """Write dest_dir/model.pt from a training checkpoint (a folder, a Ray storage path or URI)."""
+    from slwtune.train_loop import CHECKPOINT_FILE, build_model, local_checkpoint_dir
+
+    blob = torch.load(Path(local_checkpoint_dir(checkpoint)) / CHECKPOINT_FILE, map_location="cpu",
+                      weights_only=False)
+    state = blob["model"]
+    model = build_model(spec, int(state[_EMBEDDING].shape[0]))
+    model.load_state_dict(state)  # the weights match the spec's architecture, or this raises
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / MODEL_FILE
+    torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), "spec": spec.to_dict(),
+                "step": blob["state"]["step"], "tokens": blob["state"]["tokens"]}, path)
+    return path
+
+
+def load_model(path: str | Path, device: str = "cpu") -> GPT:
+    """The GPT saved by `export_model`, in eval mode."""
+    blob = torch.load(Path(path), map_location=device, weights_only=True)
+    model = GPT(GPTConfig(**blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()

@@ -1,0 +1,122 @@
+"""The job driver's round loop, retries and outcomes, with Ray and training replaced by fakes.
+
+`run_round` and the full run's trainer are the only parts that touch Ray; here they answer
+from a stated landscape, so a mistake in the loop shows in `make test-fast`.
+"""
+
+import json
+
+import pytest
+
+from slwtune import driver
+from slwtune import metrics as M
+from slwtune.cli import main
+from slwtune.plan import Landscape
+from slwtune.spec import load_spec
+from slwtune.tuning.tune_glue import ProbeResult
+
+
+def probe_result(probe, verdict, reason="", round_index=1, tokens=1000):
+    return ProbeResult(start_length=probe.start_length, duration_steps=probe.duration_steps, verdict=verdict,
+                       reason=reason, early=False, best_val_ppl=20.0, final_val_ppl=21.0, max_loss_ratio=1.0,
+                       steps=10, tokens=tokens, wall_s=1.0, checkpoint=None, trial_id="", round=round_index)
+
+
+class FakeCluster:
+    """Answers `run_round` from a landscape; `crash` decides which attempts crash."""
+
+    def __init__(self, landscape: Landscape, crash=lambda probe, attempt: False):
+        self.landscape, self.crash, self.calls = landscape, crash, []
+
+    def run_round(self, spec, probes, *, round_index, attempt=1, **_):
+        self.calls.append((round_index, attempt, list(probes)))
+        return [probe_result(p, M.FAILED, "RuntimeError: worker died", round_index) if self.crash(p, attempt)
+                else probe_result(p, self.landscape.verdict(p)[0], round_index=round_index) for p in probes]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def install(cluster, full_run=None):
+        monkeypatch.setattr(driver, "ensure_ray", lambda *a, **k: None)
+        monkeypatch.setattr(driver, "run_round", cluster.run_round)
+        monkeypatch.setattr(driver, "make_trainer", lambda *a, **k: None)
+        summary = {"verdict": M.STABLE, "reason": "", "steps": 100, "tokens": 10_000, "final_val_ppl": 12.0,
+                   "best_val_ppl": 11.5, "max_loss_ratio": 1.1, "checkpoint": None, "error": None}
+        summary.update(full_run or {})
+        monkeypatch.setattr(driver, "fit_and_summarize", lambda trainer: dict(summary))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return cluster
+    return install
+
+
+def spec(*overrides):
+    return load_spec("shakespeare-tiny", ["tuning.duration_min=8", "tuning.duration_max=64",
+                                          "tuning.resolution=8", "tuning.max_rounds=4", *overrides])
+
+
+def test_one_loop_runs_every_round_the_search_asks_for(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(diverged_below=20, fluctuating_above=40)))
+    report = driver.run_job(spec(), tmp_path, job_id="j1")
+    assert [c[0] for c in cluster.calls] == list(range(1, len(cluster.calls) + 1))
+    assert len(report["trials"]) == sum(len(c[2]) for c in cluster.calls)
+    assert report["outcome"] == M.OUTCOME_DONE and report["error"] is None
+    assert 32 <= report["chosen"]["duration_steps"] <= 40
+    assert report["full_run"]["verdict"] == M.STABLE and report["full_run"]["slw_enabled"] is True
+    assert json.loads((tmp_path / "report.json").read_text())["chosen"] == report["chosen"]
+
+
+def test_a_crashed_probe_is_retried_once_and_its_retry_counts(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(), crash=lambda p, attempt: p.duration_steps == 64 and attempt == 1))
+    report = driver.run_job(spec(), tmp_path, job_id="j2", full_run=False)
+    retries = [c for c in cluster.calls if c[1] == 2]
+    assert len(retries) == 1 and [p.duration_steps for p in retries[0][2]] == [64]
+    assert report["chosen"]["duration_steps"] == 64  # the retry was stable
+    assert any("retried 1 crashed probe" in n for n in report["notes"])
+
+
+def test_every_probe_crashing_is_an_infrastructure_failure_without_advice(fake, tmp_path):
+    fake(FakeCluster(Landscape(), crash=lambda p, attempt: True))
+    report = driver.run_job(spec(), tmp_path, job_id="j3")
+    assert report["outcome"] == M.OUTCOME_PROBES_CRASHED
+    assert report["error"].startswith("probes crashed: RuntimeError: worker died")
+    assert report["advice"] == [] and report["full_run"] is None
+
+
+def test_no_stable_probe_gives_advice_and_no_full_run(fake, tmp_path):
+    fake(FakeCluster(Landscape(fluctuating_above=1)))
+    report = driver.run_job(spec(), tmp_path, job_id="j4")
+    assert report["outcome"] == M.OUTCOME_NONE_STABLE and report["chosen"] is None
+    assert report["advice"] and report["full_run"] is None
+
+
+@pytest.mark.parametrize("verdict,reason", [(M.DIVERGED, "loss ratio 3.1 at step 57 above 1.5"),
+                                            (M.FAILED, "TrainingFailedError: ...worker OOM")])
+def test_a_full_run_that_diverges_or_crashes_fails_the_job(fake, tmp_path, verdict, reason):
+    fake(FakeCluster(Landscape()), full_run={"verdict": verdict, "reason": reason})
+    report = driver.run_job(spec(), tmp_path, job_id="j5")
+    assert report["outcome"] == M.OUTCOME_RUN_FAILED
+    assert report["error"] == f"full run {verdict}: {reason}"
+    assert report["full_run"]["verdict"] == verdict and report["full_run"]["model"] is None
+
+
+def printed_result(out: str) -> dict:
+    """The CLI's result: the JSON object after the driver's progress lines."""
+    return json.loads(out[out.index('{\n  "outcome"'):])
+
+
+@pytest.mark.parametrize("full_run,landscape,code", [
+    ({}, Landscape(), M.EXIT_OK),
+    ({"verdict": M.DIVERGED, "reason": "at step 5"}, Landscape(), M.EXIT_RUN_FAILED),
+    ({}, Landscape(fluctuating_above=1), M.EXIT_NONE_STABLE),
+])
+def test_cli_tune_exit_codes_follow_the_outcome(fake, tmp_path, capsys, full_run, landscape, code):
+    fake(FakeCluster(landscape), full_run=full_run)
+    assert main(["tune", "shakespeare-tiny", "--out", str(tmp_path)]) == code
+    printed = printed_result(capsys.readouterr().out)
+    assert printed["outcome"] == json.loads((tmp_path / "report.json").read_text())["outcome"]
+
+
+def test_cli_tune_exits_3_when_every_probe_crashes(fake, tmp_path, capsys):
+    fake(FakeCluster(Landscape(), crash=lambda p, attempt: True))
+    assert main(["tune", "shakespeare-tiny", "--out", str(tmp_path)]) == M.EXIT_INFRA
+    assert "probes crashed" in printed_result(capsys.readouterr().out)["error"]

@@ -1,0 +1,50 @@
+"""The selection report: costs, outcomes, advice only where it helps, the markdown a user reads."""
+
+from slwtune import metrics as M
+from slwtune.spec import load_spec
+from slwtune.tuning.report import ADVICE_NONE_STABLE, build_report, report_markdown, write_plots, write_report
+from slwtune.tuning.strategies import Probe
+from tests.test_driver import probe_result
+
+
+def report(probes, chosen, outcome, error=None, reuse=True):
+    spec = load_spec("shakespeare-tiny")
+    return build_report(spec=spec, job_id="j", strategy="paper", probes=probes, chosen=chosen, notes=["n"],
+                        violations=[], reuse_probe=reuse, parent_run_id=None, outcome=outcome, error=error)
+
+
+def test_costs_count_every_probe_and_net_out_the_reused_winner():
+    probes = [probe_result(Probe(8, 16), M.STABLE, tokens=1000), probe_result(Probe(8, 64), M.FLUCTUATING, tokens=400)]
+    probes[0].checkpoint = "/ckpt"
+    r = report(probes, Probe(8, 16), M.OUTCOME_DONE)
+    full = load_spec("shakespeare-tiny").budget.train_tokens
+    assert r["tuning_tokens"] == 1400 and r["tuning_fraction"] == 1400 / full
+    assert r["reused_probe_tokens"] == 1000 and r["net_tuning_fraction"] == 400 / full
+    assert report(probes, Probe(8, 16), M.OUTCOME_DONE, reuse=False)["reused_probe_tokens"] == 0
+
+
+def test_advice_only_when_no_probe_was_stable():
+    bad = [probe_result(Probe(8, 64), M.DIVERGED)]
+    assert report(bad, None, M.OUTCOME_NONE_STABLE)["advice"] == ADVICE_NONE_STABLE
+    crashed = report([probe_result(Probe(8, 64), M.FAILED)], None, M.OUTCOME_PROBES_CRASHED, "probes crashed: x")
+    assert crashed["advice"] == []
+    text = report_markdown(crashed)
+    assert "**Failed:** probes crashed: x" in text and "lower optim.lr" not in text
+
+
+def test_markdown_tells_the_full_run(tmp_path):
+    r = report([probe_result(Probe(8, 16), M.STABLE)], Probe(8, 16), M.OUTCOME_RUN_FAILED, "full run diverged: x")
+    r["full_run"] = {"verdict": M.DIVERGED, "reason": "loss ratio 3 at step 9", "steps": 9, "tokens": 500,
+                     "final_val_ppl": None, "best_val_ppl": 40.0, "continued_from_probe": True, "model": None}
+    text = report_markdown(r)
+    assert "verdict diverged (loss ratio 3 at step 9), 9 steps, 500 tokens" in text
+    paths = write_report(r, tmp_path)
+    assert [p.name for p in paths] == ["report.json", "report.md"]
+
+
+def test_plots_are_written_with_and_without_a_choice(tmp_path):
+    spec = load_spec("shakespeare-tiny")
+    probe = probe_result(Probe(8, 16), M.STABLE)
+    probe.curve = [[4, 30.0, 1.0], [8, 25.0, 1.01]]
+    assert [p.name for p in write_plots([probe], spec, Probe(8, 16), tmp_path)] == ["probes.png", "schedule.png"]
+    assert [p.name for p in write_plots([probe], spec, None, tmp_path / "none")] == ["probes.png"]

@@ -72,6 +72,8 @@ def make_plan(spec: JobSpec) -> dict:
         "trials": trials,
         "concurrent_trials": spec.tuning.max_concurrent_trials,
         "probe_steps": spec.probe_steps(),
+        "probe_window_lr_warmups": spec.probe_steps() / max(spec.optim.lr_warmup_steps, 1),
+        "lr_warmup_steps": spec.optim.lr_warmup_steps,
         "tokens_per_probe": int(round(probe_tokens)),
         "tuning_tokens": tuning_tokens,
         "tuning_flops": trials * probe_flops,
@@ -88,10 +90,11 @@ def format_plan(plan: dict) -> str:
     return "\n".join([
         f"strategy        {plan['strategy']}: {plan['rounds']} round(s), {plan['trials']} probe(s), "
         f"{plan['concurrent_trials']} at a time",
-        f"probe window    {plan['probe_steps']} steps, ~{plan['tokens_per_probe']:,} tokens per probe",
+        f"probe window    {plan['probe_steps']} steps = {plan['probe_window_lr_warmups']:.1f}x the LR warmup "
+        f"({plan['lr_warmup_steps']} steps), ~{plan['tokens_per_probe']:,} tokens per probe",
         f"tuning cost     {plan['tuning_tokens']:,} tokens, {plan['tuning_flops']:.3g} FLOPs",
         f"full run        {plan['full_run_tokens']:,} tokens, {plan['full_run_flops']:.3g} FLOPs",
-        f"tuning/full     {plan['tuning_fraction']:.2%} of the tokens ({plan['tuning_flops_fraction']:.2%} of the "
+        f"tuning/full     {plan['tuning_fraction']:.2%} of the tokens over a {plan['probe_steps']}-step window ({plan['tuning_flops_fraction']:.2%} of the "
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
         f"note            {plan['note']}",
     ])

@@ -17,7 +17,7 @@ from slwtune.raycluster import default_storage, ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec
 from slwtune.train import fit_and_summarize, make_trainer
 from slwtune.train_loop import RunOptions
-from slwtune.tuning.report import build_report, write_plots, write_report
+from slwtune.tuning.report import build_report, compare_with_control, write_plots, write_report
 from slwtune.tuning.strategies import Probe, Search, make_search
 from slwtune.tuning.tune_glue import ProbeResult, run_round
 
@@ -63,16 +63,20 @@ class Job:
 # ---- probe phase -----------------------------------------------------------------------
 
 
-def run_search(job: Job, search: Search) -> list[ProbeResult]:
+def run_search(job: Job, search: Search) -> tuple[list[ProbeResult], ProbeResult | None]:
     """Rounds of probes until the strategy is done: the same loop for every strategy.
 
-    A probe that crashed is run once more before it counts as `failed` (a crash says
-    nothing about SLW; a flaky node should not cost the search a point).
+    Round 1 also runs the control probe (SLW off, same window) when `tuning.control_probe` is on;
+    it is returned apart and never told to the search. A probe that crashed is run once more
+    before it counts as `failed` (a crash says nothing about SLW).
     """
     results: list[ProbeResult] = []
+    control: ProbeResult | None = None
     round_index = 0
     while probes := search.next_round():
         round_index += 1
+        if round_index == 1 and job.spec.tuning.control_probe:
+            probes = [*probes, Probe.control(job.spec.slw.full_length)]
         job.status(progress=f"round {round_index}: probing {[p.as_config() for p in probes]}")
         batch = probe_round(job, probes, round_index)
         crashed = [r for r in batch if r.verdict == M.FAILED]
@@ -80,14 +84,15 @@ def run_search(job: Job, search: Search) -> list[ProbeResult]:
             job.notes.append(f"round {round_index}: retried {len(crashed)} crashed probe(s) once: "
                              + "; ".join(f"s={r.start_length} T={r.duration_steps}: {r.reason}" for r in crashed))
             job.status(progress=f"round {round_index}: retrying {len(crashed)} crashed probe(s)")
-            retried = probe_round(job, [Probe(r.start_length, r.duration_steps) for r in crashed], round_index,
-                                  attempt=2)
+            retried = probe_round(job, [r.probe for r in crashed], round_index, attempt=2)
             batch = [r for r in batch if r.verdict != M.FAILED] + retried
+        control = next((r for r in batch if not r.slw), control)
+        batch = [r for r in batch if r.slw]
         results.extend(batch)
         search.tell(r.outcome() for r in batch)
         job.status(progress=f"round {round_index}: " + ", ".join(
             f"s={r.start_length} T={r.duration_steps} {r.verdict}" for r in batch))
-    return results
+    return results, control
 
 
 def probe_round(job: Job, probes: list[Probe], round_index: int, attempt: int = 1) -> list[ProbeResult]:
@@ -112,9 +117,13 @@ def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:
 # ---- full run ---------------------------------------------------------------------------------
 
 
-def run_full(job: Job, chosen: Probe, winner: ProbeResult | None) -> dict:
-    """The full run with the chosen knobs: its summary (the report's `full_run`)."""
-    spec = job.spec.with_slw(chosen.start_length, chosen.duration_steps)
+def run_full(job: Job, chosen: Probe | None, winner: ProbeResult | None) -> dict:
+    """The full run with the chosen knobs (None: the baseline, SLW off): the report's `full_run`.
+
+    It continues from `winner`'s checkpoint (the probe that ran these settings) when
+    `tuning.reuse_probe_checkpoint` is on, so that probe's compute is not thrown away.
+    """
+    spec = job.spec.with_slw(chosen.start_length, chosen.duration_steps) if chosen else job.spec.without_slw()
     init = winner.checkpoint if (winner and spec.tuning.reuse_probe_checkpoint) else None
     run_id = None
     if job.uri:
@@ -147,15 +156,26 @@ def winning_probe(results: list[ProbeResult], chosen: Probe | None) -> ProbeResu
                  and r.duration_steps == chosen.duration_steps), None)
 
 
-def job_outcome(results: list[ProbeResult], chosen: Probe | None, full_run: dict | None) -> tuple[str, str | None]:
+def job_outcome(results: list[ProbeResult], chosen: Probe | None, full_run: dict | None,
+                baseline_wins: bool = False) -> tuple[str, str | None]:
     """(outcome, error) of a job, told truthfully: a crash is not instability, a failed full run is a failure."""
     if results and all(r.verdict == M.FAILED for r in results):
         return M.OUTCOME_PROBES_CRASHED, f"probes crashed: {results[0].reason}"
-    if chosen is None:
+    if chosen is None and not baseline_wins:
         return M.OUTCOME_NONE_STABLE, None
     if full_run is not None and full_run["verdict"] in M.RUN_FAILED_VERDICTS:
         return M.OUTCOME_RUN_FAILED, f"full run {full_run['verdict']}: {full_run['reason']}"
     return M.OUTCOME_DONE, None
+
+
+def full_run_plan(spec: JobSpec, chosen: Probe | None, baseline_wins: bool,
+                  control: ProbeResult | None, results: list[ProbeResult]) -> tuple[bool, Probe | None, ProbeResult | None]:
+    """(run it?, knobs or None for the baseline, probe to continue from), by `tuning.when_baseline_wins`."""
+    if baseline_wins and spec.tuning.when_baseline_wins == "stop":
+        return False, None, None
+    if baseline_wins and (spec.tuning.when_baseline_wins == "run_baseline" or chosen is None):
+        return True, None, control
+    return chosen is not None, chosen, winning_probe(results, chosen)
 
 
 def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, job_id: str | None = None,
@@ -168,14 +188,16 @@ def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, j
     try:
         search = make_search(spec, study_name=f"{spec.name}-{job.job_id}",
                              default_storage=f"sqlite:///{(job.out / 'optuna.db').resolve()}")
-        results = run_search(job, search)
+        results, control = run_search(job, search)
         chosen = search.chosen()
         job.status(phase=M.PHASE_SELECTING, progress=f"{len(results)} probes done")
-        outcome, error = job_outcome(results, chosen, None)
+        comparison = compare_with_control(results, control)
+        baseline_wins = comparison["baseline_wins"]
+        outcome, error = job_outcome(results, chosen, None, baseline_wins)
         report = build_report(spec=spec, job_id=job.job_id, strategy=spec.tuning.strategy, probes=results,
                               chosen=chosen, notes=list(search.notes) + job.notes, violations=search.violations(),
                               reuse_probe=spec.tuning.reuse_probe_checkpoint, parent_run_id=job.parent_run_id,
-                              outcome=outcome, error=error)
+                              outcome=outcome, error=error, control=control, comparison=comparison)
         report_files = write_report(report, job.out)
         plots = write_plots(results, spec, chosen, job.out)
         outcome_tags = {M.TAG_VERDICT: M.CHOSEN if chosen else M.NONE_STABLE}
@@ -183,9 +205,10 @@ def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, j
             outcome_tags.update({M.TAG_CHOSEN_START: chosen.start_length,
                                  M.TAG_CHOSEN_DURATION: chosen.duration_steps})
         job.set_tags(outcome_tags)
-        if chosen is not None and full_run:
-            report["full_run"] = run_full(job, chosen, winning_probe(results, chosen))
-            report["outcome"], report["error"] = job_outcome(results, chosen, report["full_run"])
+        go, knobs, seed_probe = full_run_plan(spec, chosen, baseline_wins, control, results)
+        if go and full_run and outcome != M.OUTCOME_PROBES_CRASHED:
+            report["full_run"] = run_full(job, knobs, seed_probe)
+            report["outcome"], report["error"] = job_outcome(results, chosen, report["full_run"], baseline_wins)
             report_files = write_report(report, job.out)
         job.set_tags({M.TAG_OUTCOME: report["outcome"], M.TAG_REASON: report["error"] or "-"})
         if job.logs_to_mlflow:

@@ -45,6 +45,7 @@ PHASES = (PHASE_PROBING, PHASE_SELECTING, PHASE_FULL_RUN, PHASE_DONE)
 
 # Kinds of MLflow run (the kind tag)
 KIND_JOB, KIND_PROBE, KIND_FULL_RUN, KIND_TRAIN = "job", "probe", "full_run", "train"
+KIND_CONTROL = "control"  # the baseline probe: SLW off over the probe window
 
 # Outcomes of a job (report.json `outcome`, the parent run's outcome tag)
 OUTCOME_DONE = "done"                      # knobs chosen; the full run (if any) did not diverge or crash

@@ -61,7 +61,8 @@ def make_plan(spec: JobSpec) -> dict:
     per_probe = [_probe_tokens_and_flops(spec, s, d, flops_fn) for s, d in knobs]
     probe_tokens = sum(p[0] for p in per_probe) / len(per_probe)
     probe_flops = sum(p[1] for p in per_probe) / len(per_probe)
-    tuning_tokens = int(round(trials * probe_tokens))
+    control_tokens = control_probe_tokens(spec)
+    tuning_tokens = int(round(trials * probe_tokens)) + control_tokens
     reused = int(round(probe_tokens)) if spec.tuning.reuse_probe_checkpoint else 0
     full_tokens = spec.budget.train_tokens
     # Full-run FLOPs: warmup at the probes' average cost per token, the rest at full length.
@@ -76,12 +77,13 @@ def make_plan(spec: JobSpec) -> dict:
         "lr_warmup_steps": spec.optim.lr_warmup_steps,
         "tokens_per_probe": int(round(probe_tokens)),
         "tuning_tokens": tuning_tokens,
-        "tuning_flops": trials * probe_flops,
+        "control_tokens": control_tokens,
+        "tuning_flops": trials * probe_flops + control_tokens * flops_fn(spec.slw.full_length),
         "full_run_tokens": full_tokens,
         "full_run_flops": full_flops,
         "tuning_fraction": tuning_tokens / full_tokens,
         "net_tuning_fraction": (tuning_tokens - reused) / full_tokens,
-        "tuning_flops_fraction": trials * probe_flops / full_flops,
+        "tuning_flops_fraction": (trials * probe_flops + control_tokens * flops_fn(spec.slw.full_length)) / full_flops,
         "note": "upper bound without start-length doublings; each doubling adds up to one more search",
     }
 
@@ -92,7 +94,8 @@ def format_plan(plan: dict) -> str:
         f"{plan['concurrent_trials']} at a time",
         f"probe window    {plan['probe_steps']} steps = {plan['probe_window_lr_warmups']:.1f}x the LR warmup "
         f"({plan['lr_warmup_steps']} steps), ~{plan['tokens_per_probe']:,} tokens per probe",
-        f"tuning cost     {plan['tuning_tokens']:,} tokens, {plan['tuning_flops']:.3g} FLOPs",
+        f"tuning cost     {plan['tuning_tokens']:,} tokens, {plan['tuning_flops']:.3g} FLOPs (control probe, SLW "
+        f"off: {plan['control_tokens']:,} tokens)",
         f"full run        {plan['full_run_tokens']:,} tokens, {plan['full_run_flops']:.3g} FLOPs",
         f"tuning/full     {plan['tuning_fraction']:.2%} of the tokens over a {plan['probe_steps']}-step window ({plan['tuning_flops_fraction']:.2%} of the "
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
@@ -155,7 +158,7 @@ def simulate(spec: JobSpec, landscape: Landscape) -> dict:
     search = make_search(spec, study_name="simulation", default_storage="sqlite:///:memory:")
     window = spec.probe_steps()
     early_steps = max(1, math.ceil(spec.tuning.stability.early_fraction * window))
-    rounds, tokens = [], 0
+    rounds, tokens = [], control_probe_tokens(spec)  # the control runs the whole window (not simulated)
     while probes := search.next_round():
         outcomes = [Outcome(p, *landscape.verdict(p)) for p in probes]
         rounds.append([{**o.probe.as_config(), "verdict": o.verdict} for o in outcomes])
@@ -168,6 +171,13 @@ def simulate(spec: JobSpec, landscape: Landscape) -> dict:
             "tuning_tokens": tokens, "tuning_fraction": tokens / full,
             "net_tuning_fraction": (tokens - reused) / full, "notes": list(search.notes),
             "violations": search.violations()}
+
+
+def control_probe_tokens(spec: JobSpec) -> int:
+    """Tokens of the control probe (SLW off, every step at full length), 0 when it is turned off."""
+    if not spec.tuning.control_probe:
+        return 0
+    return spec.data.batch_size * spec.slw.full_length * spec.probe_steps()
 
 
 def probe_tokens(spec: JobSpec, probe: Probe, steps: int) -> int:

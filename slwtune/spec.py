@@ -142,6 +142,9 @@ class TuningSpec(_Section):
     optuna_storage: str | None = Field(None, description="RDB URL of the optuna study; default under the job dir")
     max_concurrent_trials: int = Field(2, gt=0)
     reuse_probe_checkpoint: bool = Field(True, description="full run continues from the winning probe")
+    control_probe: bool = Field(True, description="round 1 also probes the baseline (SLW off) over the same window")
+    when_baseline_wins: Literal["run_baseline", "run_slw", "stop"] = Field(
+        "run_baseline", description="full run when the control is stable and at least as good as every SLW probe")
     stability: StabilitySpec = StabilitySpec()
 
 
@@ -216,6 +219,10 @@ class JobSpec(_Section):
 
     def decay_tokens(self) -> int:
         return self.optim.decay_tokens or self.budget.train_tokens
+
+    def without_slw(self) -> "JobSpec":
+        """This spec with SLW off: the baseline at full length."""
+        return self.model_copy(update={"slw": self.slw.model_copy(update={"enabled": False})})
 
     def with_slw(self, start_length: int, duration_steps: int) -> "JobSpec":
         """This spec with SLW on and the two knobs set (validated again: knobs come from a search)."""

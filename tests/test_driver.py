@@ -16,22 +16,30 @@ from slwtune.spec import load_spec
 from slwtune.tuning.tune_glue import ProbeResult
 
 
-def probe_result(probe, verdict, reason="", round_index=1, tokens=1000):
+def probe_result(probe, verdict, reason="", round_index=1, tokens=1000, val_ppl=21.0):
     return ProbeResult(start_length=probe.start_length, duration_steps=probe.duration_steps, verdict=verdict,
-                       reason=reason, early=False, best_val_ppl=20.0, final_val_ppl=21.0, max_loss_ratio=1.0,
-                       steps=10, tokens=tokens, wall_s=1.0, checkpoint=None, trial_id="", round=round_index)
+                       reason=reason, early=False, best_val_ppl=val_ppl, final_val_ppl=val_ppl, max_loss_ratio=1.0,
+                       steps=10, tokens=tokens, wall_s=1.0, checkpoint=f"/ckpt/{probe.start_length}-{probe.duration_steps}",
+                       trial_id="", round=round_index, slw=probe.slw)
 
 
 class FakeCluster:
-    """Answers `run_round` from a landscape; `crash` decides which attempts crash."""
+    """Answers `run_round` from a landscape; `crash` decides which attempts crash; the control
+    probe (SLW off) gets `control` = (verdict, val ppl): by default it diverges, as at a high LR."""
 
-    def __init__(self, landscape: Landscape, crash=lambda probe, attempt: False):
-        self.landscape, self.crash, self.calls = landscape, crash, []
+    def __init__(self, landscape: Landscape, crash=lambda probe, attempt: False, control=(M.DIVERGED, 40.0)):
+        self.landscape, self.crash, self.control, self.calls = landscape, crash, control, []
+
+    def answer(self, p, round_index, attempt):
+        if self.crash(p, attempt):
+            return probe_result(p, M.FAILED, "RuntimeError: worker died", round_index)
+        if not p.slw:
+            return probe_result(p, self.control[0], round_index=round_index, tokens=4000, val_ppl=self.control[1])
+        return probe_result(p, self.landscape.verdict(p)[0], round_index=round_index)
 
     def run_round(self, spec, probes, *, round_index, attempt=1, **_):
         self.calls.append((round_index, attempt, list(probes)))
-        return [probe_result(p, M.FAILED, "RuntimeError: worker died", round_index) if self.crash(p, attempt)
-                else probe_result(p, self.landscape.verdict(p)[0], round_index=round_index) for p in probes]
+        return [self.answer(p, round_index, attempt) for p in probes]
 
 
 @pytest.fixture
@@ -39,7 +47,9 @@ def fake(monkeypatch):
     def install(cluster, full_run=None):
         monkeypatch.setattr(driver, "ensure_ray", lambda *a, **k: None)
         monkeypatch.setattr(driver, "run_round", cluster.run_round)
-        monkeypatch.setattr(driver, "make_trainer", lambda *a, **k: None)
+        monkeypatch.setattr(driver, "make_trainer", lambda spec, options, *a, **k: cluster.trained.append(
+            (spec.slw.enabled, options.init_checkpoint)))
+        cluster.trained = []
         summary = {"verdict": M.STABLE, "reason": "", "steps": 100, "tokens": 10_000, "final_val_ppl": 12.0,
                    "best_val_ppl": 11.5, "max_loss_ratio": 1.1, "checkpoint": None, "error": None}
         summary.update(full_run or {})
@@ -58,7 +68,7 @@ def test_one_loop_runs_every_round_the_search_asks_for(fake, tmp_path):
     cluster = fake(FakeCluster(Landscape(diverged_below=20, fluctuating_above=40)))
     report = driver.run_job(spec(), tmp_path, job_id="j1")
     assert [c[0] for c in cluster.calls] == list(range(1, len(cluster.calls) + 1))
-    assert len(report["trials"]) == sum(len(c[2]) for c in cluster.calls)
+    assert len(report["trials"]) == sum(1 for c in cluster.calls for p in c[2] if p.slw)
     assert report["outcome"] == M.OUTCOME_DONE and report["error"] is None
     assert 32 <= report["chosen"]["duration_steps"] <= 40
     assert report["full_run"]["verdict"] == M.STABLE and report["full_run"]["slw_enabled"] is True
@@ -75,8 +85,9 @@ def test_a_crashed_probe_is_retried_once_and_its_retry_counts(fake, tmp_path):
 
 
 def test_every_probe_crashing_is_an_infrastructure_failure_without_advice(fake, tmp_path):
-    fake(FakeCluster(Landscape(), crash=lambda p, attempt: True))
+    cluster = fake(FakeCluster(Landscape(), crash=lambda p, attempt: True))
     report = driver.run_job(spec(), tmp_path, job_id="j3")
+    assert cluster.trained == []
     assert report["outcome"] == M.OUTCOME_PROBES_CRASHED
     assert report["error"].startswith("probes crashed: RuntimeError: worker died")
     assert report["advice"] == [] and report["full_run"] is None
@@ -120,3 +131,45 @@ def test_cli_tune_exits_3_when_every_probe_crashes(fake, tmp_path, capsys):
     fake(FakeCluster(Landscape(), crash=lambda p, attempt: True))
     assert main(["tune", "shakespeare-tiny", "--out", str(tmp_path)]) == M.EXIT_INFRA
     assert "probes crashed" in printed_result(capsys.readouterr().out)["error"]
+
+
+def test_the_control_runs_in_round_one_only_and_is_never_told_to_the_search(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(diverged_below=20, fluctuating_above=40)))
+    report = driver.run_job(spec(), tmp_path, job_id="c1")
+    controls = [(c[0], p) for c in cluster.calls for p in c[2] if not p.slw]
+    assert controls == [(1, driver.Probe.control(64))]
+    assert all(t["duration_steps"] > 0 for t in report["trials"])
+    assert report["control"]["verdict"] == M.DIVERGED and report["baseline_wins"] is False
+    assert report["tuning_tokens"] == sum(t["tokens"] for t in report["trials"]) + report["control"]["tokens"]
+    assert cluster.trained == [(True, f"/ckpt/8-{report['chosen']['duration_steps']}")]
+
+
+def test_a_stable_and_better_baseline_runs_the_full_run_without_slw(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0)))
+    report = driver.run_job(spec(), tmp_path, job_id="c2")
+    assert report["baseline_wins"] and "SLW is not needed" in report["message"]
+    assert report["full_run"]["slw_enabled"] is False and report["outcome"] == M.OUTCOME_DONE
+    assert cluster.trained == [(False, "/ckpt/64-0")]  # continues from the control probe
+    assert all(c["delta_val_loss"] > 0 for c in report["comparison"])
+    assert "SLW is not needed" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("choice,trained", [("stop", []), ("run_slw", [(True, "/ckpt/8-64")])])
+def test_when_baseline_wins_decides_the_full_run(fake, tmp_path, choice, trained):
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0)))
+    report = driver.run_job(spec(f"tuning.when_baseline_wins={choice}"), tmp_path, job_id="c3")
+    assert report["baseline_wins"] and cluster.trained == trained
+    assert report["outcome"] == M.OUTCOME_DONE
+
+
+def test_a_worse_baseline_leaves_slw_in_charge(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 30.0)))
+    report = driver.run_job(spec(), tmp_path, job_id="c4")
+    assert not report["baseline_wins"] and report["message"] is None
+    assert cluster.trained == [(True, "/ckpt/8-64")]
+
+
+def test_the_control_can_be_turned_off(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape()))
+    report = driver.run_job(spec("tuning.control_probe=false"), tmp_path, job_id="c5")
+    assert report["control"] is None and all(p.slw for c in cluster.calls for p in c[2])

@@ -67,6 +67,7 @@ def test_simulation_counts_the_tokens_of_every_probe():
     sim = simulate(spec, parse_landscape("fluctuating>700"))
     expected = sum(probe_tokens(spec, Probe(p["start_length"], p["duration_steps"]), spec.probe_steps())
                    for r in sim["rounds"] for p in r)
+    expected += spec.data.batch_size * spec.slw.full_length * spec.probe_steps()  # the control probe
     assert sim["tuning_tokens"] == expected
     assert sim["tuning_fraction"] == pytest.approx(expected / spec.budget.train_tokens)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,76 @@ ADVICE_NONE_STABLE = [
 ]
 
 
+SLW_NOT_NEEDED = ("SLW is not needed at this LR and batch: the baseline (SLW off) was stable and at least as "
+                  "good at equal tokens. Raise the LR or the batch, or run without SLW.")
+
+
+def _log_ppl(ppl: float | None) -> float | None:
+    return None if ppl is None or ppl <= 0 else math.log(ppl)
+
+
+def control_loss_at(control, tokens: int) -> float | None:
+    """The control's full-length val loss at `tokens`, interpolated between its evaluations."""
+    points = sorted((c[3], _log_ppl(c[1])) for c in (control.curve or [])
+                    if len(c) >= 4 and c[1] is not None and c[3] is not None)
+    points = [(t, v) for t, v in points if v is not None]
+    if not points:
+        return _log_ppl(control.final_val_ppl)
+    if tokens <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t0 <= tokens <= t1:
+            return v0 + (v1 - v0) * (tokens - t0) / max(t1 - t0, 1)
+    return points[-1][1]
+
+
+def compare_with_control(probes: list, control) -> dict[str, Any]:
+    """Every stable SLW probe against the control (SLW off) at equal tokens.
+
+    The baseline wins when it is stable and its val loss at a probe's tokens is at most that
+    probe's, for every stable probe (or when no SLW probe was stable): SLW buys nothing there.
+    """
+    if control is None:
+        return {"baseline_wins": False, "message": None, "probes": []}
+    rows = []
+    for p in probes:
+        loss = _log_ppl(p.final_val_ppl)
+        if p.verdict != M.STABLE or loss is None:
+            continue
+        base = control_loss_at(control, p.tokens)
+        rows.append({"start_length": p.start_length, "duration_steps": p.duration_steps, "tokens": p.tokens,
+                     "val_loss": loss, "control_val_loss": base,
+                     "delta_val_loss": None if base is None else loss - base,
+                     "max_loss_ratio": p.max_loss_ratio, "control_max_loss_ratio": control.max_loss_ratio})
+    wins = control.verdict == M.STABLE and all(r["control_val_loss"] is not None
+                                               and r["control_val_loss"] <= r["val_loss"] for r in rows)
+    return {"baseline_wins": wins, "message": SLW_NOT_NEEDED if wins else None, "probes": rows}
+
+
+def control_summary(control) -> dict | None:
+    if control is None:
+        return None
+    return {"verdict": control.verdict, "reason": control.reason, "val_loss": _log_ppl(control.final_val_ppl),
+            "val_ppl": control.final_val_ppl, "tokens": control.tokens, "steps": control.steps,
+            "max_loss_ratio": control.max_loss_ratio}
+
+
 def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, notes: list[str],
                  violations: list[str], reuse_probe: bool, parent_run_id: str | None,
-                 outcome: str, error: str | None = None, full_run: dict | None = None) -> dict[str, Any]:
+                 outcome: str, error: str | None = None, full_run: dict | None = None,
+                 control=None, comparison: dict | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the README for the field meanings)."""
-    tuning_tokens = sum(p.tokens for p in probes)
+    comparison = comparison or compare_with_control(probes, control)
+    control_tokens = control.tokens if control is not None else 0
+    tuning_tokens = sum(p.tokens for p in probes) + control_tokens
     full_tokens = spec.budget.train_tokens
-    winner = None
-    if chosen is not None:
-        winner = next((p for p in probes if p.start_length == chosen.start_length
-                       and p.duration_steps == chosen.duration_steps and p.verdict == M.STABLE), None)
-    reused = winner.tokens if (winner is not None and reuse_probe and winner.checkpoint) else 0
+    seed = None  # the probe whose checkpoint the full run continues from
+    if comparison["baseline_wins"] and spec.tuning.when_baseline_wins == "run_baseline":
+        seed = control
+    elif chosen is not None:
+        seed = next((p for p in probes if p.start_length == chosen.start_length
+                     and p.duration_steps == chosen.duration_steps and p.verdict == M.STABLE), None)
+    reused = seed.tokens if (seed is not None and reuse_probe and seed.checkpoint) else 0
     return {
         "job_id": job_id,
         "name": spec.name,
@@ -37,8 +97,13 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
         "strategy": strategy,
         "chosen": None if chosen is None else {"start_length": chosen.start_length,
                                                "duration_steps": chosen.duration_steps},
-        "trials": [{k: v for k, v in p.to_dict().items() if k != "curve"} for p in probes],
+        "trials": [{k: v for k, v in p.to_dict().items() if k not in ("curve", "slw")} for p in probes],
+        "control": control_summary(control),
+        "comparison": comparison["probes"],
+        "baseline_wins": comparison["baseline_wins"],
+        "message": comparison["message"],
         "tuning_tokens": tuning_tokens,
+        "control_tokens": control_tokens,
         "full_run_tokens": full_tokens,
         "tuning_fraction": tuning_tokens / full_tokens,
         "reused_probe_tokens": reused,
@@ -61,6 +126,8 @@ def report_markdown(report: dict) -> str:
     chosen = report["chosen"]
     if report.get("error"):
         lines += [f"**Failed:** {report['error']}", ""]
+    if report.get("message"):
+        lines += [f"**{report['message']}**", ""]
     if chosen:
         lines.append(f"**Chosen:** start length {chosen['start_length']}, duration T = "
                      f"{chosen['duration_steps']} steps (strategy `{report['strategy']}`).")
@@ -76,12 +143,22 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {t['round']} | {t['start_length']} | {t['duration_steps']} | {t['verdict']} | "
                      f"{_fmt(t['final_val_ppl'])} | {_fmt(t['max_loss_ratio'], '.3f')} | {t['steps']} | "
                      f"{t['tokens']:,} | {t['wall_s']:.0f} | {t['reason'] or ''} |")
+    control = report.get("control")
+    if control:
+        lines += ["", "## Control probe (SLW off, same window)",
+                  f"verdict {control['verdict']}, val ppl {_fmt(control['val_ppl'])}, max loss ratio "
+                  f"{_fmt(control['max_loss_ratio'], '.3f')}, {control['tokens']:,} tokens", "",
+                  "| start | T | tokens | val loss | control val loss at equal tokens | delta |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['start_length']} | {c['duration_steps']} | {c['tokens']:,} | {_fmt(c['val_loss'], '.3f')} | "
+                  f"{_fmt(c['control_val_loss'], '.3f')} | {_fmt(c['delta_val_loss'], '+.3f')} |"
+                  for c in report.get("comparison") or []]
     for title, items in (("Notes", report["notes"]), ("Monotonicity violations", report["violations"])):
         if items:
             lines += ["", f"## {title}", *[f"- {i}" for i in items]]
     if report.get("full_run"):
         fr = report["full_run"]
-        lines += ["", "## Full run", f"verdict {fr.get('verdict')}"
+        lines += ["", "## Full run" + ("" if fr.get("slw_enabled", True) else " (baseline, SLW off)"),
+                  f"verdict {fr.get('verdict')}"
                   + (f" ({fr['reason']})" if fr.get("reason") else "")
                   + f", {fr.get('steps') or 0} steps, {fr.get('tokens') or 0:,} tokens, final val ppl "
                   f"{_fmt(fr.get('final_val_ppl'))}, best {_fmt(fr.get('best_val_ppl'))}, continued from probe: "

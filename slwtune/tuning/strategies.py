@@ -23,9 +23,16 @@ from slwtune.metrics import DIVERGED, FAILED, FLUCTUATING, STABLE
 class Probe:
     start_length: int
     duration_steps: int
+    slw: bool = True  # False: the control probe, SLW off over the same window
 
     def as_config(self) -> dict:
-        return {"start_length": self.start_length, "duration_steps": self.duration_steps}
+        knobs = {"start_length": self.start_length, "duration_steps": self.duration_steps}
+        return knobs if self.slw else {**knobs, "slw": False}
+
+    @staticmethod
+    def control(full_length: int) -> "Probe":
+        """The baseline over the probe window: every step at full length, no SLW."""
+        return Probe(full_length, 0, slw=False)
 
 
 @dataclass(frozen=True)

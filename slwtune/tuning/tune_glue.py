@@ -53,14 +53,17 @@ def probe_trial(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    spec = JobSpec.model_validate(config["spec"]).with_slw(config["start_length"], config["duration_steps"])
+    base = JobSpec.model_validate(config["spec"])
+    control = not config.get("slw", True)
+    spec = base.without_slw() if control else base.with_slw(config["start_length"], config["duration_steps"])
     trial_id = tune.get_context().get_trial_id()
+    name = "control-no-slw" if control else f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}"
     uri, run_id = config.get("mlflow_uri"), None
     if uri:
         run_id = tracking.create_run(
-            uri, config["experiment"], f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}-{trial_id}",
+            uri, config["experiment"], f"{name}-{trial_id}",
             parent_run_id=config.get("parent_run_id"), params=spec.flat(),
-            tags={M.TAG_KIND: M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id, M.TAG_JOB_ID: config.get("job_id", ""),
+            tags={M.TAG_KIND: M.KIND_CONTROL if control else M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id, M.TAG_JOB_ID: config.get("job_id", ""),
                   M.TAG_ROUND: config.get("round", 0), M.TAG_START_LENGTH: spec.slw.start_length,
                   M.TAG_DURATION_STEPS: spec.slw.duration_steps})
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
@@ -97,11 +100,15 @@ class ProbeResult:
     checkpoint: str | None
     trial_id: str
     round: int
-    curve: list = None  # [(step, val_ppl, loss_ratio)] of every report, for plots
+    curve: list = None  # [(step, val_ppl, loss_ratio, tokens)] of every report, for plots and comparisons
+    slw: bool = True     # False for the control probe
+
+    @property
+    def probe(self) -> Probe:
+        return Probe(self.start_length, self.duration_steps, self.slw)
 
     def outcome(self) -> Outcome:
-        return Outcome(Probe(self.start_length, self.duration_steps), self.verdict, self.early, self.reason,
-                       self.best_val_ppl)
+        return Outcome(self.probe, self.verdict, self.early, self.reason, self.best_val_ppl)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -132,8 +139,9 @@ def result_to_probe(result, round_index: int) -> ProbeResult:
         best_val_ppl=_num(metrics, M.BEST_VAL_PPL), final_val_ppl=_num(metrics, M.VAL_PPL),
         max_loss_ratio=_num(metrics, M.MAX_LOSS_RATIO), steps=int(metrics.get(M.STEP) or 0),
         tokens=int(metrics.get(M.TRAIN_TOKENS) or 0), wall_s=float(metrics.get(M.WALL_S) or 0.0),
-        checkpoint=with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage")), trial_id=str(metrics.get("trial_id", "")),
-        round=round_index, curve=_curve(result),
+        checkpoint=with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage")),
+        trial_id=str(metrics.get("trial_id", "")),
+        round=round_index, curve=_curve(result), slw=bool(config.get("slw", True)),
     )
 
 
@@ -149,13 +157,18 @@ def with_storage_scheme(path: str | None, storage: str | None) -> str | None:
     return f"{scheme}://{path}"
 
 
+CURVE_COLUMNS = (M.STEP, M.VAL_PPL, M.TRAIN_LOSS_RATIO, M.TRAIN_TOKENS)
+
+
 def _curve(result) -> list:
-    """(step, val ppl, loss ratio) of every report of a trial, from Tune's dataframe."""
+    """[step, val ppl, loss ratio, tokens] of every report of a trial (None where absent or not finite)."""
     df = getattr(result, "metrics_dataframe", None)
     if df is None or M.STEP not in getattr(df, "columns", []):
         return []
-    cols = [c for c in (M.STEP, M.VAL_PPL, M.TRAIN_LOSS_RATIO) if c in df.columns]
-    return [[None if (v != v) else float(v) for v in row] for row in df[cols].itertuples(index=False)]
+    rows = []
+    for _, rec in df.iterrows():
+        rows.append([_num(dict(rec), c) if c in df.columns else None for c in CURVE_COLUMNS])
+    return rows
 
 
 def base_config(spec: JobSpec, *, job_id: str, storage: str, parent_run_id: str | None,

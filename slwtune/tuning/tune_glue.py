@@ -70,7 +70,7 @@ def probe_trial(config: dict) -> None:
                   M.TAG_ROUND: config.get("round", 0), "slw.start_length": spec.slw.start_length,
                   "slw.duration_steps": spec.slw.duration_steps})
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
-                         stop_when_unstable=True, objective=config.get("objective"))
+                         stop_when_unstable=True)
     trainer = make_trainer(spec, options, name=f"{config['job_name']}-probe-{trial_id}",
                            storage=config["storage"], callbacks=[TuneReportCallback()])
     try:

@@ -22,7 +22,8 @@ from slwtune import metrics as M
 from slwtune.data import DatasetMeta, WindowSampler, open_tokens, resolve_dataset
 from slwtune.model import GPT, configure_optimizer, model_config
 from slwtune.spec import parse_spec
-from slwtune.train_loop import LocalSession, RunOptions, train_loop
+from slwtune.sessions import LocalSession
+from slwtune.train_loop import RunOptions, train_loop
 
 
 def bench_spec(steps: int, batch: int, length: int, threads: int):

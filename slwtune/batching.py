@@ -42,11 +42,6 @@ def reshape_batch(windows: torch.Tensor, length: int) -> tuple[torch.Tensor, tor
     return x, y, x.numel()
 
 
-def truncate_attention_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Cut a 4-D attention mask (B, H, e, e) to (B, H, L, L)."""
-    return mask[:, :, :length, :length]
-
-
 def apply_seqlen(windows: torch.Tensor, length: int, mode: str = "truncate"):
     """Dispatch on the SLW mode: returns (inputs, targets, tokens)."""
     if mode == "truncate":

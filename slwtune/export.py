@@ -25,7 +25,8 @@ _EMBEDDING = "transformer.wte.weight"
 
 def export_model(spec, checkpoint: str, dest_dir: str | Path) -> Path:
     """Write dest_dir/model.pt from a training checkpoint (a folder, a Ray storage path or URI)."""
-    from slwtune.train_loop import CHECKPOINT_FILE, build_model, local_checkpoint_dir
+    from slwtune.checkpoint import CHECKPOINT_FILE, local_checkpoint_dir
+    from slwtune.model import build_model
 
     blob = torch.load(Path(local_checkpoint_dir(checkpoint)) / CHECKPOINT_FILE, map_location="cpu",
                       weights_only=False)

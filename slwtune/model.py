@@ -17,9 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slwtune.errors import ModelError
+from slwtune.model_presets import MODEL_PRESETS
 
-__all__ = ["GPTConfig", "MODEL_PRESETS", "model_config", "GPT", "num_params", "flops_per_token",
-           "estimate_mfu", "configure_optimizer"]
+__all__ = ["GPTConfig", "MODEL_PRESETS", "model_config", "config_from_spec", "build_model", "GPT", "num_params",
+           "flops_per_token", "PEAK_FLOPS", "peak_flops", "estimate_mfu", "configure_optimizer"]
 
 
 @dataclass
@@ -46,20 +47,6 @@ class GPTConfig:
             raise ModelError("invalid model config: " + "; ".join(problems))
 
 
-# GPT-2 sizes (Radford et al. 2019) and GPT-3 125M (Brown et al. 2020); the CPU
-# presets take their vocabulary from the data (4096 = the builtin BPE default).
-MODEL_PRESETS: dict[str, dict] = {
-    "gpt2-117m": dict(n_layer=12, n_head=12, n_embd=768, context_length=1024, vocab_size=50257),
-    "gpt2-345m": dict(n_layer=24, n_head=16, n_embd=1024, context_length=1024, vocab_size=50257),
-    "gpt2-762m": dict(n_layer=36, n_head=20, n_embd=1280, context_length=1024, vocab_size=50257),
-    "gpt2-1.5b": dict(n_layer=48, n_head=25, n_embd=1600, context_length=1024, vocab_size=50257),
-    "gpt3-125m": dict(n_layer=12, n_head=12, n_embd=768, context_length=2048, vocab_size=50257),
-    "tiny": dict(n_layer=2, n_head=2, n_embd=64, context_length=128, vocab_size=4096),
-    "small": dict(n_layer=4, n_head=4, n_embd=128, context_length=256, vocab_size=4096),
-    "mini": dict(n_layer=6, n_head=6, n_embd=192, context_length=256, vocab_size=4096),
-}
-
-
 def model_config(preset: str, **overrides) -> GPTConfig:
     """The preset's config with `overrides` applied; overrides that are None are ignored."""
     if preset not in MODEL_PRESETS:
@@ -69,6 +56,16 @@ def model_config(preset: str, **overrides) -> GPTConfig:
     if unknown:
         raise ModelError(f"unknown model config fields {unknown}; known fields: {sorted(known)}")
     return GPTConfig(**{**MODEL_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def config_from_spec(spec, vocab_size: int) -> GPTConfig:
+    """The model of a job spec: its preset with the spec's overrides. The vocabulary is
+    `model.vocab_size` when set, else `vocab_size` (the dataset's). The one place a spec
+    becomes a model config: the training loop and `slwtune plan` both use it."""
+    m = spec.model
+    return model_config(m.preset, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                        context_length=m.context_length, vocab_size=m.vocab_size or vocab_size,
+                        dropout=m.dropout, bias=m.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -201,11 +198,29 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     return 6.0 * num_params(config, non_embedding=True) + 12.0 * config.n_layer * config.n_embd * seq_len
 
 
+# Peak dense bf16 FLOP/s per device (datasheets, without sparsity), for MFU; matched as a
+# substring of the CUDA device name. Unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak FLOP/s from PEAK_FLOPS, or None (CPU, unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
 def estimate_mfu(config: GPTConfig, seq_len: int, tokens_per_s: float, peak_flops: float) -> float:
     """Model FLOPs utilization: achieved training FLOP/s over the device's peak FLOP/s."""
     if peak_flops <= 0:
         raise ModelError(f"peak_flops={peak_flops!r} must be positive")
     return flops_per_token(config, seq_len) * tokens_per_s / peak_flops
+
+
+def build_model(spec, vocab_size: int) -> GPT:
+    """`GPT(config_from_spec(spec, vocab_size))`."""
+    return GPT(config_from_spec(spec, vocab_size))
 
 
 def configure_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float,

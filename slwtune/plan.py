@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from slwtune import metrics as M
 from slwtune.errors import SpecError
@@ -47,14 +48,28 @@ def _spread_durations(spec: JobSpec, n: int) -> list[tuple[int, int]]:
             for i in range(n)]
 
 
+def planned_vocab(spec: JobSpec) -> tuple[int, str]:
+    """The vocabulary the model will get, and where it comes from. Like the training loop:
+    model.vocab_size, else the prepared dataset's; a plan does not prepare data, so before
+    that it is what the spec's tokenizer will give (data.vocab_size for bpe)."""
+    from slwtune.data import DatasetMeta, effective_vocab_size
+
+    if spec.model.vocab_size:
+        return spec.model.vocab_size, "model.vocab_size"
+    folder = Path(spec.data.path).expanduser()
+    if (folder / "meta.json").is_file():
+        return DatasetMeta.load(folder).vocab_size, f"the prepared dataset {folder}"
+    vocab = effective_vocab_size(spec.data.tokenizer, spec.data.vocab_size)
+    where = "a builtin dataset" if spec.data.path.startswith("builtin:") else "the dataset is not prepared yet"
+    return vocab, f"data.tokenizer={spec.data.tokenizer} and data.vocab_size ({where})"
+
+
 def make_plan(spec: JobSpec) -> dict:
     """The plan as a JSON-ready dict: probes, tuning cost, full-run cost and their ratios."""
-    from slwtune.model import flops_per_token, model_config
+    from slwtune.model import config_from_spec, flops_per_token
 
-    m = spec.model
-    overrides = {k: v for k, v in dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                                        context_length=m.context_length).items() if v is not None}
-    config = model_config(m.preset, vocab_size=m.vocab_size or spec.data.vocab_size, **overrides)
+    vocab, vocab_source = planned_vocab(spec)
+    config = config_from_spec(spec, vocab)
     flops_fn = lambda length: flops_per_token(config, length)  # noqa: E731
 
     rounds, trials, knobs = planned_probes(spec)
@@ -84,6 +99,8 @@ def make_plan(spec: JobSpec) -> dict:
         "tuning_fraction": tuning_tokens / full_tokens,
         "net_tuning_fraction": (tuning_tokens - reused) / full_tokens,
         "tuning_flops_fraction": (trials * probe_flops + control_tokens * flops_fn(spec.slw.full_length)) / full_flops,
+        "vocab_size": vocab,
+        "vocab_source": vocab_source,
         "note": "upper bound without start-length doublings; each doubling adds up to one more search",
     }
 
@@ -97,7 +114,9 @@ def format_plan(plan: dict) -> str:
         f"tuning cost     {plan['tuning_tokens']:,} tokens, {plan['tuning_flops']:.3g} FLOPs (control probe, SLW "
         f"off: {plan['control_tokens']:,} tokens)",
         f"full run        {plan['full_run_tokens']:,} tokens, {plan['full_run_flops']:.3g} FLOPs",
-        f"tuning/full     {plan['tuning_fraction']:.2%} of the tokens over a {plan['probe_steps']}-step window ({plan['tuning_flops_fraction']:.2%} of the "
+        f"vocabulary      {plan['vocab_size']:,} tokens, from {plan['vocab_source']}",
+        f"tuning/full     {plan['tuning_fraction']:.2%} of the tokens over a {plan['probe_steps']}-step window "
+        f"({plan['tuning_flops_fraction']:.2%} of the "
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
         f"note            {plan['note']}",
     ])

@@ -51,11 +51,6 @@ def lr_schedule_from_spec(spec) -> LRSchedule:
                       decay_tokens=spec.decay_tokens(), decay=o.decay)
 
 
-def warmup_steps_from_tokens(warmup_tokens: int, batch_size: int, start_length: int) -> int:
-    """A baseline's token-specified LR warmup as steps under SLW: divide by the start length."""
-    return max(1, math.ceil(warmup_tokens / (batch_size * start_length)))
-
-
 def tokens_for_steps(pacing: Callable[[int], int], steps: int, batch_size: int) -> int:
     """Tokens trained on in steps 1..steps (batch rows x current length)."""
     return sum(batch_size * pacing(t) for t in range(1, steps + 1))

@@ -198,7 +198,7 @@ class JobSpec(_Section):
         """The model's context: the explicit override, else the preset's."""
         if self.model.context_length is not None:
             return self.model.context_length
-        from slwtune.model import MODEL_PRESETS
+        from slwtune.model_presets import MODEL_PRESETS
 
         return int(MODEL_PRESETS[self.model.preset]["context_length"])
 
@@ -239,7 +239,7 @@ class JobSpec(_Section):
         def bad(loc: str, value: Any, msg: str) -> None:
             out.append({"loc": loc, "value": value, "msg": msg})
 
-        from slwtune.model import MODEL_PRESETS
+        from slwtune.model_presets import MODEL_PRESETS
 
         if self.model.preset not in MODEL_PRESETS:
             bad("model.preset", self.model.preset, f"unknown preset; choose one of {sorted(MODEL_PRESETS)}")

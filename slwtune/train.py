@@ -9,7 +9,8 @@ from slwtune import metrics as M
 from slwtune import tracking
 from slwtune.raycluster import default_storage, ensure_ray
 from slwtune.spec import JobSpec
-from slwtune.train_loop import RunOptions, train_worker
+from slwtune.sessions import train_worker
+from slwtune.train_loop import RunOptions
 
 
 def scaling_config(spec: JobSpec):

@@ -8,34 +8,32 @@ A `Session` hides where it runs (Ray Train or a local benchmark/test).
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import random
 import shutil
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from slwtune import metrics as M
 from slwtune.batching import apply_seqlen
+from slwtune.checkpoint import (TrainState, load_checkpoint, local_checkpoint_dir, save_checkpoint, seed_everything,
+                                unwrap)
 from slwtune.data import DatasetMeta, WindowSampler, eval_batches, open_tokens, resolve_dataset
-from slwtune.model import GPT, configure_optimizer, estimate_mfu, model_config
+from slwtune.model import build_model, configure_optimizer, estimate_mfu, peak_flops
 from slwtune.pacing import make_pacing
 from slwtune.schedule import lr_schedule_from_spec
 from slwtune.spec import JobSpec
-from slwtune.stability import StabilityMonitor, StabilityThresholds, adam_variance_stats
+from slwtune.stability import StabilityMonitor, adam_variance_stats
 from slwtune.tracking import RunLogger
 
-CHECKPOINT_FILE = "state.pt"
-
-# Peak dense bf16 FLOP/s per device, for MFU; unknown devices report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+if TYPE_CHECKING:
+    from slwtune.sessions import Session
 
 
 @dataclass
@@ -53,41 +51,7 @@ class RunOptions:
     trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
 
 
-@dataclass
-class TrainState:
-    """Everything beyond model/optimizer that exact resume needs."""
-
-    step: int = 0
-    tokens: int = 0
-    warmup_tokens: int | None = None
-    monitor: dict = field(default_factory=dict)
-
-
-class Session(Protocol):
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
-    def checkpoint_dir(self) -> str | None: ...
-
-
 # ---- setup helpers -------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_model(spec: JobSpec, vocab_size: int) -> GPT:
-    m = spec.model
-    overrides = {k: v for k, v in dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                                        context_length=m.context_length).items() if v is not None}
-    config = model_config(m.preset, vocab_size=m.vocab_size or vocab_size, dropout=m.dropout,
-                          bias=m.bias, **overrides)
-    return GPT(config)
 
 
 def autocast_for(spec: JobSpec, device: torch.device):
@@ -97,55 +61,11 @@ def autocast_for(spec: JobSpec, device: torch.device):
     return nullcontext()
 
 
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    raw = getattr(model, "module", model)
-    torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
-                "rng": rng_state()}, path / CHECKPOINT_FILE)
-
-
-def local_checkpoint_dir(path: str | None) -> str | None:
-    """A checkpoint path as a local folder: as is when local, else fetched from Ray storage."""
-    if path is None or Path(path).is_dir():
-        return path
-    import ray.train
-
-    return ray.train.Checkpoint(path).to_directory()
-
-
-def load_checkpoint(path: str, model, optimizer) -> TrainState:
-    blob = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    getattr(model, "module", model).load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    set_rng_state(blob["rng"])
-    return TrainState(**blob["state"])
-
-
-def all_reduce_(t: torch.Tensor, op: str = "sum", world_size: int = 1) -> torch.Tensor:
+def all_reduce_sum_(t: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size > 1:
         import torch.distributed as dist
 
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
@@ -170,18 +90,17 @@ def forward_backward(forward, model, windows: torch.Tensor, length: int, spec: J
 def step_signals(loss: torch.Tensor, grad_norm: torch.Tensor, world: int) -> tuple[float, float]:
     """One host sync per step: the loss averaged over ranks, and the (already global) grad norm."""
     signals = torch.stack([loss, grad_norm.float()])
-    all_reduce_(signals[:1], "sum", world)
+    all_reduce_sum_(signals[:1], world)
     loss_value, grad_value = signals.tolist()
     return loss_value / world, grad_value
 
 
-def global_adam_stats(optimizer, device: torch.device, world: int) -> tuple[float, float]:
-    """Adam `exp_avg_sq` max (max over ranks) and L1 (sum over ranks): one host sync."""
+def adam_stats(optimizer) -> tuple[float, float]:
+    """Adam `exp_avg_sq` max and L1 of this rank: one host sync, no collective. Under DDP every
+    rank holds the whole (identical) optimizer state, so reducing over ranks would only
+    multiply the L1 by the worker count; a sharded optimizer (ZeRO, FSDP) would need max / sum."""
     var_max, var_l1 = adam_variance_stats(optimizer)
-    stats = torch.stack([var_max.float(), var_l1.float()]).to(device)
-    all_reduce_(stats[:1], "max", world)
-    all_reduce_(stats[1:], "sum", world)
-    var_max_value, var_l1_value = stats.tolist()
+    var_max_value, var_l1_value = torch.stack([var_max, var_l1]).tolist()
     return var_max_value, var_l1_value
 
 
@@ -196,7 +115,7 @@ def evaluate(model, batches: list[torch.Tensor], session: Session, spec: JobSpec
             _, loss = model(w[:, :-1], w[:, 1:])
         total += torch.stack([loss.float(), torch.ones((), device=session.device)])
     model.train()
-    all_reduce_(total, "sum", session.world_size)
+    all_reduce_sum_(total, session.world_size)
     return (total[0] / total[1].clamp(min=1)).item()
 
 
@@ -214,17 +133,18 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
     data_dir = resolve_dataset(spec.data.path, spec.data.tokenizer, spec.data.vocab_size)
     meta = DatasetMeta.load(data_dir)
     window = spec.slw.full_length + 1
-    sampler = WindowSampler(open_tokens(data_dir, "train"), window, spec.data.batch_size // world,
-                            seed=spec.seed, rank=rank)
+    # Every rank draws the global batch and trains on its own rows: the data of a step is the
+    # same whatever the worker count (so 1- and N-worker runs compare), at the cost of reading
+    # world x more rows from the memmap (small next to a step).
+    sampler = WindowSampler(open_tokens(data_dir, "train"), window, spec.data.batch_size, seed=spec.seed)
+    rows = slice(rank * spec.data.batch_size // world, (rank + 1) * spec.data.batch_size // world)
     val = eval_batches(open_tokens(data_dir, "val"), window,
                        spec.run.eval_batch_size or spec.data.batch_size, spec.run.eval_batches)
     model = build_model(spec, meta.vocab_size).to(device)
     optimizer = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps,
                                     spec.optim.weight_decay, fused=device.type == "cuda" or None)
     pacing, lr_at = make_pacing(spec.slw), lr_schedule_from_spec(spec)
-    thresholds = StabilityThresholds(**spec.tuning.stability.model_dump())
-    window_steps = options.max_steps or spec.probe_steps()
-    monitor = StabilityMonitor(thresholds, window_steps)
+    monitor = StabilityMonitor(spec.tuning.stability, options.max_steps or spec.probe_steps())
 
     # 2) restore: Ray's own checkpoint (a restarted run) wins over an init checkpoint (a reused probe)
     state = TrainState()
@@ -237,7 +157,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if spec.run.compile else model
-    raw_config = getattr(model, "module", model).config
+    raw_config = unwrap(model).config
     if device.type == "cuda":
         reserve_full_length_memory(forward, spec, device)
 
@@ -258,13 +178,13 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        windows = sampler.batch(state.step)  # (B_worker, e+1), deterministic by (seed, rank, step)
+        windows = sampler.batch(state.step)[rows]  # (B / world, e+1), deterministic by (seed, step)
         loss, step_tokens = forward_backward(forward, model, windows, length, spec, device, micro, accum, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf"))
         loss_value, grad_value = step_signals(loss, grad_norm, world)
         verdict = monitor.observe_train(state.step, loss_value, grad_value)
-        if verdict.status == "diverged" and not math.isfinite(loss_value + grad_value):
+        if verdict.status == M.DIVERGED and not math.isfinite(loss_value + grad_value):
             optimizer.zero_grad(set_to_none=True)  # never apply a non-finite update
         else:
             optimizer.step()
@@ -278,7 +198,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
                M.TRAIN_SEQLEN: length, M.TRAIN_TOKENS: state.tokens, M.TRAIN_LR: lr,
                M.TRAIN_GRAD_NORM: grad_value}
         if state.step % spec.run.stats_every_steps == 0 or state.step == 1:
-            row[M.ADAM_VAR_MAX], row[M.ADAM_VAR_L1] = global_adam_stats(optimizer, device, world)
+            row[M.ADAM_VAR_MAX], row[M.ADAM_VAR_L1] = adam_stats(optimizer)
         elapsed = time.perf_counter() - t0
         tokens_per_s = (state.tokens - tokens0) / max(elapsed, 1e-9)
         row[M.TOKENS_PER_S] = tokens_per_s
@@ -288,9 +208,9 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         finished = (should_stop(verdict, options) or state.tokens >= spec.budget.train_tokens
                     or state.step >= max_steps)
         if state.step % report_every == 0 or finished:
-            if verdict.status != "diverged":
+            if verdict.status != M.DIVERGED:
                 val_loss = evaluate(forward, val, session, spec)
-                row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, math.exp(min(val_loss, 80.0))
+                row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, M.perplexity(val_loss)
                 verdict = monitor.observe_val(state.step, val_loss)
             finished = finished or should_stop(verdict, options)
             state.monitor = monitor.state_dict()
@@ -322,9 +242,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
 
 def write_trace(trace_dir: str, rank: int, report: dict, model) -> None:
     """Debug trace: this rank's report plus a checksum of its parameters (replicas must agree)."""
-    import json
-
-    checksum = sum(float(p.detach().double().sum()) for p in getattr(model, "module", model).parameters())
+    checksum = sum(float(p.detach().double().sum()) for p in unwrap(model).parameters())
     Path(trace_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(trace_dir) / f"rank{rank}.jsonl", "a") as f:
         f.write(json.dumps({**report, "param_checksum": checksum}) + "\n")
@@ -332,7 +250,7 @@ def write_trace(trace_dir: str, rank: int, report: dict, model) -> None:
 
 def should_stop(verdict, options: RunOptions) -> bool:
     """A diverged run always ends; a probe also ends on `fluctuating`."""
-    return verdict.status == "diverged" or (options.stop_when_unstable and verdict.status != "stable")
+    return verdict.status == M.DIVERGED or (options.stop_when_unstable and verdict.status != M.STABLE)
 
 
 def report_row(row: dict, state: TrainState, verdict, monitor, done: bool, wall_s: float) -> dict:
@@ -342,7 +260,7 @@ def report_row(row: dict, state: TrainState, verdict, monitor, done: bool, wall_
                 M.VERDICT_CODE: M.VERDICT_CODES[verdict.status], M.REASON: verdict.reason or "",
                 M.DONE: done, M.MAX_LOSS_RATIO: M.finite(monitor.max_loss_ratio),
                 M.BEST_VAL_PPL: M.finite(monitor.best_val_ppl), M.WALL_S: wall_s,
-                "early": bool(verdict.early)})
+                M.EARLY: bool(verdict.early)})
     return out
 
 
@@ -366,62 +284,3 @@ def print_progress(state: TrainState, spec: JobSpec, length: int, loss: float, v
             f"loss {loss:.4f}, {verdict.status}, ETA {eta:.0f}s")
     print(f"[{bar}] {line}", flush=True)
     return line
-
-
-# ---- sessions -------------------------------------------------------------------------
-
-
-class LocalSession:
-    """In-process, single worker: for benchmarks and unit tests. Keeps reports and checkpoints."""
-
-    def __init__(self, checkpoint_root: str | None = None, device: str = "cpu", resume_dir: str | None = None):
-        self.rank, self.world_size, self.device = 0, 1, torch.device(device)
-        self.reports: list[dict] = []
-        self.checkpoints: list[str] = []
-        self._root = checkpoint_root
-        self._resume = resume_dir
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.reports.append(dict(metrics))
-        if checkpoint_dir and self._root:
-            dest = Path(self._root) / f"step_{metrics[M.STEP]:08d}"
-            shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
-            self.checkpoints.append(str(dest))
-
-    def checkpoint_dir(self) -> str | None:
-        return self._resume
-
-
-class RaySession:
-    """A Ray Train worker: rank, device and reports from `ray.train`."""
-
-    def __init__(self):
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-        self._restored: tempfile.TemporaryDirectory | None = None
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        import ray.train
-
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank calls it equally often
-
-    def checkpoint_dir(self) -> str | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        return ckpt.to_directory()
-
-
-def train_worker(config: dict) -> None:
-    """Ray Train `train_loop_per_worker`: config = {"spec": dict, "options": dict}."""
-    spec = JobSpec.model_validate(config["spec"])
-    options = RunOptions(**config.get("options", {}))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train_loop(spec, options, RaySession())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slwtune.batching import apply_seqlen, reshape_batch, truncate_attention_mask, truncate_batch
+from slwtune.batching import apply_seqlen, reshape_batch, truncate_batch
 
 
 def windows(b=3, e=16):
@@ -33,11 +33,6 @@ def test_reshape_drops_only_the_remainder():
     x, y, n = reshape_batch(windows(b=2, e=16), 5)
     assert x.shape == (6, 5) and n == 30
     assert torch.equal(y, x + 1)
-
-
-def test_truncate_attention_mask():
-    mask = torch.ones(2, 4, 16, 16)
-    assert truncate_attention_mask(mask, 8).shape == (2, 4, 8, 8)
 
 
 @pytest.mark.parametrize("length", [0, 17])

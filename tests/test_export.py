@@ -7,7 +7,8 @@ from slwtune import metrics as M
 from slwtune.data import DatasetMeta, eval_batches, open_tokens, resolve_dataset
 from slwtune.export import MODEL_FILE, export_model, load_model
 from slwtune.spec import parse_spec
-from slwtune.train_loop import LocalSession, RunOptions, train_loop
+from slwtune.sessions import LocalSession
+from slwtune.train_loop import RunOptions, train_loop
 
 
 def tiny_spec():

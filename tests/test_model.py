@@ -8,12 +8,16 @@ from slwtune.model import (
     GPT,
     MODEL_PRESETS,
     GPTConfig,
+    build_model,
+    config_from_spec,
     configure_optimizer,
     estimate_mfu,
     flops_per_token,
     model_config,
     num_params,
+    peak_flops,
 )
+from slwtune.spec import parse_spec
 
 
 def tiny(**over) -> GPTConfig:
@@ -58,6 +62,24 @@ def test_every_preset_is_a_valid_config(name):
 def test_model_config_overrides_and_ignores_none():
     config = model_config("tiny", vocab_size=123, dropout=0.1, n_layer=None)
     assert (config.vocab_size, config.dropout, config.n_layer) == (123, 0.1, 2)
+
+
+def test_config_from_spec_applies_overrides_and_takes_the_data_vocab():
+    spec = parse_spec({"model": {"preset": "small", "n_layer": 3, "dropout": 0.1, "bias": False},
+                       "slw": {"full_length": 128}})
+    config = config_from_spec(spec, vocab_size=321)
+    assert (config.n_layer, config.n_head, config.n_embd, config.context_length) == (3, 4, 128, 256)
+    assert (config.vocab_size, config.dropout, config.bias) == (321, 0.1, False)
+    assert build_model(spec, 321).config == config
+
+
+def test_config_from_spec_prefers_the_spec_vocab():
+    spec = parse_spec({"model": {"preset": "tiny", "vocab_size": 500}})
+    assert config_from_spec(spec, vocab_size=321).vocab_size == 500
+
+
+def test_peak_flops_is_none_off_cuda():
+    assert peak_flops(torch.device("cpu")) is None
 
 
 def test_unknown_preset_lists_known_names():

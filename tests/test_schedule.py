@@ -2,7 +2,7 @@
 import pytest
 
 from slwtune.pacing import fixed_linear_length
-from slwtune.schedule import LRSchedule, steps_for_tokens, tokens_for_steps, warmup_steps_from_tokens
+from slwtune.schedule import LRSchedule, steps_for_tokens, tokens_for_steps
 
 
 def sched(**kw):
@@ -44,8 +44,6 @@ def test_decay_tokens_not_after_warmup_is_guarded():
     assert sched(decay_tokens=500)(11, 600, 600) == pytest.approx(1e-5)
 
 
-def test_warmup_tokens_divided_by_start_length():
-    assert warmup_steps_from_tokens(warmup_tokens=3000 * 512 * 1024, batch_size=512, start_length=64) == 48000
 
 
 def test_tokens_for_steps_counts_actual_lengths():

@@ -5,19 +5,12 @@ import math
 import pytest
 import torch
 
+from slwtune import metrics as M
 from slwtune.errors import SpecError
-from slwtune.stability import (
-    LossRatioTracker,
-    StabilityMonitor,
-    StabilityThresholds,
-    Verdict,
-    adam_variance_stats,
-    grad_norm,
-    is_finite,
-    judge,
-)
+from slwtune.spec import StabilitySpec, parse_spec
+from slwtune.stability import LossRatioTracker, StabilityMonitor, Verdict, adam_variance_stats
 
-T = StabilityThresholds()
+T = StabilitySpec()
 WINDOW = 400
 
 
@@ -34,7 +27,8 @@ def with_val_ppls(ppls, every=25):
 
 
 def run_monitor(train, val, thresholds=T, window=WINDOW):
-    """Feed the curves to a monitor in the training loop's order: train at s, then val at s."""
+    """Feed whole curves to a monitor in the training loop's order: train at s, then val at s.
+    Train points are (step, loss) or (step, loss, grad_norm); val points (step, val_loss)."""
     monitor = StabilityMonitor(thresholds, window)
     events = sorted([(p[0], 0, p) for p in train] + [(p[0], 1, p) for p in val], key=lambda e: e[:2])
     for _, kind, point in events:
@@ -45,18 +39,22 @@ def run_monitor(train, val, thresholds=T, window=WINDOW):
     return monitor
 
 
-# ---- judge -------------------------------------------------------------------
+def verdict_of(train, val, thresholds=T, window=WINDOW) -> Verdict:
+    return run_monitor(train, val, thresholds, window).verdict
+
+
+# ---- the verdict over whole curves ------------------------------------------
 
 
 def test_smooth_decreasing_curve_is_stable():
-    v = judge(smooth_train(), smooth_val(), T, WINDOW)
+    v = verdict_of(smooth_train(), smooth_val(), T, WINDOW)
     assert v == Verdict("stable", "", None, False)
 
 
 def test_single_train_spike_diverges_with_its_step():
     train = smooth_train()
     train[79] = (80, train[78][1] * 2.31)  # 2.31 x the minimum so far (step 79's loss)
-    v = judge(train, smooth_val(), T, WINDOW)
+    v = verdict_of(train, smooth_val(), T, WINDOW)
     assert v.status == "diverged" and v.step == 80
     assert "step 80" in v.reason and "2.31" in v.reason and "1.5" in v.reason
 
@@ -64,20 +62,20 @@ def test_single_train_spike_diverges_with_its_step():
 def test_spike_within_loss_ratio_max_is_stable():
     train = smooth_train()
     train[79] = (80, train[79][1] * 1.4)
-    assert judge(train, smooth_val(), T, WINDOW).status == "stable"
+    assert verdict_of(train, smooth_val(), T, WINDOW).status == "stable"
 
 
 def test_spike_before_min_steps_is_ignored():
     train = smooth_train()
     train[9] = (10, train[9][1] * 3)
-    assert judge(train, [], StabilityThresholds(min_steps=10), WINDOW).status == "stable"
-    assert judge(train, [], StabilityThresholds(min_steps=9), WINDOW).status == "diverged"
+    assert verdict_of(train, [], StabilitySpec(min_steps=10), WINDOW).status == "stable"
+    assert verdict_of(train, [], StabilitySpec(min_steps=9), WINDOW).status == "diverged"
 
 
 def test_nan_train_loss_diverges():
     train = smooth_train()
     train[119] = (120, float("nan"))
-    v = judge(train, smooth_val(), T, WINDOW)
+    v = verdict_of(train, smooth_val(), T, WINDOW)
     assert (v.status, v.step) == ("diverged", 120)
     assert v.reason == "non-finite training loss (nan) at step 120"
 
@@ -85,39 +83,39 @@ def test_nan_train_loss_diverges():
 def test_inf_grad_norm_diverges():
     train = [(s, loss, 1.0) for s, loss in smooth_train()]
     train[6] = (7, train[6][1], float("inf"))
-    v = judge(train, [], T, WINDOW)
+    v = verdict_of(train, [], T, WINDOW)
     assert (v.status, v.step) == ("diverged", 7) and "gradient norm (inf)" in v.reason
 
 
 def test_nan_val_loss_diverges():
     val = smooth_val()
     val[3] = (100, float("nan"))
-    v = judge(smooth_train(), val, T, WINDOW)
+    v = verdict_of(smooth_train(), val, T, WINDOW)
     assert (v.status, v.step) == ("diverged", 100) and "non-finite validation" in v.reason
 
 
 def test_val_ppl_bump_beyond_tolerance_fluctuates():
     val = with_val_ppls([50.0, 40.0, 38.4, 41.2, 37.0])  # 41.2 at step 100 is 7.3% above 38.4
-    v = judge(smooth_train(), val, T, WINDOW)
+    v = verdict_of(smooth_train(), val, T, WINDOW)
     assert (v.status, v.step) == ("fluctuating", 100)
     assert v.reason == "val ppl 41.2 at step 100 is 7.3% above the best earlier 38.4 (tolerance 5%)"
 
 
 def test_val_ppl_bump_within_tolerance_is_stable():
     val = with_val_ppls([50.0, 40.0, 38.4, 40.0, 37.0])  # +4.2%
-    assert judge(smooth_train(), val, T, WINDOW).status == "stable"
+    assert verdict_of(smooth_train(), val, T, WINDOW).status == "stable"
 
 
-def test_judge_accepts_val_ppl():
-    ppls = [(25, 50.0), (50, 40.0), (75, 38.4), (100, 41.2)]
-    assert judge([], ppls, T, WINDOW, val_is_ppl=True).status == "fluctuating"
+def test_val_perplexity_overflow_diverges():
+    v = verdict_of(smooth_train(), [(25, math.log(50.0)), (50, 800.0)])  # exp(800) overflows a float
+    assert (v.status, v.step) == ("diverged", 50) and "non-finite validation perplexity (inf)" in v.reason
 
 
 def test_divergence_wins_over_earlier_fluctuation():
     train = smooth_train()
     train[299] = (300, float("inf"))
     val = with_val_ppls([50.0, 40.0, 45.0])
-    v = judge(train, val, T, WINDOW)
+    v = verdict_of(train, val, T, WINDOW)
     assert (v.status, v.step) == ("diverged", 300)
 
 
@@ -125,28 +123,35 @@ def test_divergence_wins_over_earlier_fluctuation():
 def test_early_flag_is_the_first_quarter_of_the_window(step, early):
     train = smooth_train()
     train[step - 1] = (step, float("nan"))
-    assert judge(train, [], T, WINDOW).early is early
+    assert verdict_of(train, [], T, WINDOW).early is early
 
 
 # ---- monitor -----------------------------------------------------------------
 
 
-CURVES = {
-    "smooth": (smooth_train(), smooth_val()),
-    "spike": ([(s, l * (3 if s == 80 else 1)) for s, l in smooth_train()], smooth_val()),
+CURVES = {  # name: (train, val, expected (status, step))
+    "smooth": (smooth_train(), smooth_val(), (M.STABLE, None)),
+    "spike": ([(s, l * (3 if s == 80 else 1)) for s, l in smooth_train()], smooth_val(), (M.DIVERGED, 80)),
     "nan_then_spike": ([(s, float("nan") if s == 200 else l * (3 if s == 250 else 1))
-                        for s, l in smooth_train()], smooth_val()),
-    "fluctuating": (smooth_train(), with_val_ppls([50, 40, 45, 39, 47, 30])),
-    "fluct_then_nan_val": (smooth_train(), with_val_ppls([50, 40, 45, float("nan")])),
+                        for s, l in smooth_train()], smooth_val(), (M.DIVERGED, 200)),
+    "fluctuating": (smooth_train(), with_val_ppls([50, 40, 45, 39, 47, 30]), (M.FLUCTUATING, 75)),
+    "fluct_then_nan_val": (smooth_train(), with_val_ppls([50, 40, 45, float("nan")]), (M.DIVERGED, 100)),
+    # at one step the train point is seen first: its reason wins over the val one
     "same_step_train_and_val": ([(s, float("nan") if s == 100 else l) for s, l in smooth_train()],
-                                with_val_ppls([50, 40, 30, float("inf")])),
+                                with_val_ppls([50, 40, 30, float("inf")]), (M.DIVERGED, 100)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CURVES))
-def test_monitor_agrees_with_judge(name):
-    train, val = CURVES[name]
-    assert run_monitor(train, val).verdict == judge(train, val, T, WINDOW)
+def test_monitor_on_whole_curves(name):
+    train, val, expected = CURVES[name]
+    v = verdict_of(train, val)
+    assert (v.status, v.step) == expected
+
+
+def test_same_step_train_problem_is_the_reason():
+    train, val, _ = CURVES["same_step_train_and_val"]
+    assert verdict_of(train, val).reason == "non-finite training loss (nan) at step 100"
 
 
 def test_monitor_diverged_is_final_and_keeps_first_reason():
@@ -167,7 +172,7 @@ def test_monitor_fluctuating_can_turn_diverged():
 
 
 def test_monitor_state_round_trip_resumes_exactly():
-    train, val = CURVES["fluctuating"]
+    train, val, _ = CURVES["fluctuating"]
     whole = run_monitor(train, val)
     first = run_monitor([p for p in train if p[0] <= 60], [p for p in val if p[0] <= 60])
     resumed = StabilityMonitor(T, WINDOW)
@@ -181,7 +186,7 @@ def test_monitor_state_round_trip_resumes_exactly():
 
 
 def test_monitor_summaries():
-    monitor = run_monitor(*CURVES["spike"])
+    monitor = run_monitor(*CURVES["spike"][:2])
     train = dict(CURVES["spike"][0])
     assert monitor.max_loss_ratio == pytest.approx(train[80] / train[79])
     assert monitor.best_val_ppl == pytest.approx(math.exp(smooth_val()[-1][1]))
@@ -199,9 +204,19 @@ def test_monitor_load_empty_state_is_fresh():
 @pytest.mark.parametrize("field, value", [("loss_ratio_max", 1.0), ("ppl_rise_tolerance", -0.1),
                                           ("min_steps", -1), ("early_fraction", 0.0),
                                           ("early_fraction", 1.5), ("loss_ratio_max", float("nan"))])
-def test_bad_threshold_raises_with_the_value(field, value):
-    with pytest.raises(SpecError, match=f"tuning.stability.{field}={value!r}"):
-        StabilityThresholds(**{field: value})
+def test_bad_threshold_is_rejected_in_the_spec_with_the_value(field, value):
+    # the thresholds are the spec's tuning.stability: checked there, once
+    with pytest.raises(SpecError, match=f"tuning.stability.{field}={value!r}") as err:
+        parse_spec({"tuning": {"stability": {field: value}}})
+    assert [p["loc"] for p in err.value.problems] == [f"tuning.stability.{field}"]
+
+
+def test_monitor_uses_the_spec_thresholds():
+    stability = parse_spec({"tuning": {"stability": {"loss_ratio_max": 3.5}}}).tuning.stability
+    train = smooth_train()
+    train[79] = (80, train[78][1] * 3.0)
+    assert verdict_of(train, [], stability).status == M.STABLE
+    assert verdict_of(train, []).status == M.DIVERGED
 
 
 def test_window_steps_must_be_positive():
@@ -268,17 +283,3 @@ def test_adam_variance_stats_are_device_tensors_without_host_sync():
     for t in adam_variance_stats(opt):
         assert isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype == torch.float32
         assert t.device == next(model.parameters()).device
-
-
-def test_grad_norm_equals_clip_grad_norm():
-    model, _ = tiny_optimizer()
-    model(torch.randn(5, 4)).pow(2).sum().backward()
-    ours = grad_norm(model.parameters())
-    clipped = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3)
-    assert isinstance(ours, torch.Tensor) and ours.item() == pytest.approx(clipped.item(), rel=1e-6)
-
-
-@pytest.mark.parametrize("x, expected", [(1.0, True), (float("nan"), False), (float("-inf"), False),
-                                         (torch.tensor([1.0, 2.0]), True), (torch.tensor([1.0, math.inf]), False)])
-def test_is_finite(x, expected):
-    assert is_finite(x) is expected

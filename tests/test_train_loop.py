@@ -8,7 +8,8 @@ from slwtune import metrics as M
 from slwtune.pacing import make_pacing
 from slwtune.schedule import lr_schedule_from_spec
 from slwtune.spec import parse_spec
-from slwtune.train_loop import LocalSession, RunOptions, train_loop
+from slwtune.sessions import LocalSession
+from slwtune.train_loop import RunOptions, train_loop
 
 
 def tiny_spec(**over):
@@ -109,3 +110,71 @@ def test_reshape_mode_trains_on_all_tokens():
     train_loop(spec, RunOptions(report_every_steps=1, max_steps=3), session)
     # at step 1 the length is 8: 4 windows of 32 tokens re-chunked into 16 rows of 8
     assert session.reports[0][M.TRAIN_TOKENS] == 4 * 32
+
+
+# ---- two DDP workers in-process (gloo) -------------------------------------------------
+
+
+class _RankSession:
+    """A DDP rank on CPU for the test: keeps its reports like LocalSession."""
+
+    def __init__(self, rank: int, world_size: int):
+        import torch
+
+        self.rank, self.world_size, self.device = rank, world_size, torch.device("cpu")
+        self.reports: list[dict] = []
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+
+    def checkpoint_dir(self) -> None:
+        return None
+
+
+def _ddp_rank(rank: int, world: int, store: str, spec_dict: dict, out: str, steps: int) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        session = _RankSession(rank, world)
+        train_loop(parse_spec(spec_dict), RunOptions(report_every_steps=1, max_steps=steps), session)
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump(session.reports, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_ranks(spec, tmp_path, steps: int) -> list[list[dict]]:
+    """Run the loop on 2 gloo ranks in forked processes; returns each rank's reports."""
+    import json
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch in the children: seconds, not tens
+    procs = [ctx.Process(target=_ddp_rank, args=(r, 2, str(tmp_path / "store"), spec.to_dict(), str(tmp_path),
+                                                 steps)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_one_and_two_workers_log_the_same_adam_statistics(tmp_path):
+    # every DDP rank holds the whole optimizer state: its L1 must not grow with the worker count
+    one = tiny_spec()
+    two = tiny_spec(resources__num_workers=2)
+    single = LocalSession()
+    train_loop(one, RunOptions(report_every_steps=1, max_steps=4), single)
+    rank0, rank1 = run_two_ranks(two, tmp_path, steps=4)
+
+    def column(reports, key):  # {step: value} of the reports that carry `key`
+        return {r[M.STEP]: r[key] for r in reports if key in r}
+
+    assert sorted(column(single.reports, M.ADAM_VAR_L1)) == [1, 2, 4]  # stats_every_steps=2, and step 1
+    for key in (M.ADAM_VAR_L1, M.ADAM_VAR_MAX, M.TRAIN_LOSS, M.TRAIN_TOKENS):
+        expected = column(single.reports, key)
+        assert column(rank0, key) == pytest.approx(expected, rel=1e-4), key  # same data, same state
+        assert column(rank1, key) == pytest.approx(expected, rel=1e-4), key

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from slwtune import metrics as M
+from slwtune.pacing import make_pacing
+from slwtune.schedule import tokens_for_steps
 from slwtune.spec import load_spec
 from slwtune.train import make_trainer, summarize, train
 from slwtune.train_loop import RunOptions
@@ -31,8 +33,9 @@ def test_two_workers_complete_and_replicas_agree(local_ray, tmp_path):
     assert [r[M.STEP] for r in rank0] == [r[M.STEP] for r in rank1]
     # DDP keeps the replicas identical
     assert [r["param_checksum"] for r in rank0] == pytest.approx([r["param_checksum"] for r in rank1], rel=1e-6)
-    # tokens count both workers' rows: 2 workers x 4 rows x length
-    assert rank0[0][M.TRAIN_TOKENS] % 8 == 0
+    # tokens count both workers' rows (2 workers x 4 rows x length), not one worker's 4
+    pacing = make_pacing(spec.slw)
+    assert [r[M.TRAIN_TOKENS] for r in rank0] == [tokens_for_steps(pacing, r[M.STEP], 8) for r in rank0]
 
 
 def test_absurd_lr_ends_diverged_and_metrics_land_in_mlflow(local_ray, tmp_path):

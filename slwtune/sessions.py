@@ -7,7 +7,6 @@ reports and checkpoints, and says where to resume from.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -82,5 +81,4 @@ def train_worker(config: dict) -> None:
     """Ray Train `train_loop_per_worker`: config = {"spec": dict, "options": dict}."""
     spec = JobSpec.model_validate(config["spec"])
     options = RunOptions(**config.get("options", {}))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train_loop(spec, options, RaySession())

@@ -18,8 +18,9 @@ EXIT_CODES_HELP = f"""exit codes (tune and train):
 """
 
 
-def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="a job spec YAML/JSON file or a preset name (see `slwtune presets`)")
+def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("spec", nargs=None if required else "?",
+                   help="a job spec YAML/JSON file or a preset name (see `slwtune presets`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set optim.lr=3e-4 (repeatable)")
 
@@ -74,9 +75,15 @@ def cmd_train(args) -> int:
 def cmd_tune(args) -> int:
     from slwtune.driver import run_job
 
-    spec = _load(args)
-    report = run_job(spec, out_dir=args.out, address=args.address, job_id=args.job_id,
-                     full_run=not args.no_full_run)
+    if args.resume:
+        report = run_job(None, out_dir=args.resume, address=args.address, full_run=not args.no_full_run,
+                         resume=True)
+        args.out = args.resume
+    else:
+        if not args.spec:
+            raise SpecError([{"loc": "spec", "value": None, "msg": "a spec (file or preset) or --resume OUT is needed"}])
+        report = run_job(_load(args), out_dir=args.out, address=args.address, job_id=args.job_id,
+                         full_run=not args.no_full_run)
     print(json.dumps({"outcome": report["outcome"], "error": report["error"], "chosen": report["chosen"],
                       "full_run": report.get("full_run"), "report": f"{args.out}/report.json",
                       "mlflow_parent_run_id": report.get("mlflow_parent_run_id")}, indent=2, default=str))
@@ -144,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="probe -> select -> full run (the whole tuning job)", epilog=EXIT_CODES_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _spec_args(p)
+    _spec_args(p, required=False)
+    p.add_argument("--resume", metavar="OUT", default=None,
+                   help="go on with the job in folder OUT after its driver died: finished probes are not rerun "
+                        "and the full run continues from its last checkpoint")
     p.add_argument("--out", default="slwtune-out", help="folder for the report, plots and checkpoints")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--job-id", default=None, help="id used for MLflow tags (default: generated)")

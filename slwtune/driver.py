@@ -2,62 +2,26 @@
 
 `run_job` is what `slwtune tune` runs, locally or as the Ray job the service
 submits (`python -m slwtune.cli tune SPEC --job-id ID --out DIR`); the CLI owns
-the exit-code contract (`slwtune.metrics.EXIT_*`).
+the exit-code contract (`slwtune.metrics.EXIT_*`). With `resume=True` it goes
+on with the job persisted in the folder: finished rounds are not rerun and the
+full run continues from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 from slwtune import metrics as M
-from slwtune import tracking
+from slwtune import storage, tracking
 from slwtune.export import MODEL_ARTIFACT_DIR, export_model
-from slwtune.raycluster import default_storage, ensure_ray, local_cpus_for
+from slwtune.job import Job
+from slwtune.raycluster import ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec
 from slwtune.train import fit_and_summarize, make_trainer
 from slwtune.train_loop import RunOptions
 from slwtune.tuning.report import build_report, compare_with_control, write_plots, write_report
 from slwtune.tuning.strategies import Probe, Search, make_search
 from slwtune.tuning.tune_glue import ProbeResult, run_round
-
-
-class Job:
-    """One job's context: ids, MLflow parent run, where things go."""
-
-    def __init__(self, spec: JobSpec, out_dir: Path, job_id: str | None):
-        self.spec, self.out = spec, out_dir
-        self.job_id = job_id or uuid.uuid4().hex[:12]
-        self.uri = tracking.tracking_uri(spec)
-        self.storage = default_storage()
-        self.parent_run_id: str | None = None
-        self.notes: list[str] = []  # what the driver decided (retries), for the report
-
-    @property
-    def logs_to_mlflow(self) -> bool:
-        return bool(self.uri and self.parent_run_id)
-
-    def start(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "spec.yaml").write_text(self.spec.to_yaml())
-        if self.uri:
-            self.parent_run_id = tracking.create_run(
-                self.uri, tracking.experiment_name(self.spec), f"{self.spec.name}-{self.job_id}",
-                params=self.spec.flat(),
-                tags={M.TAG_KIND: M.KIND_JOB, M.TAG_PHASE: M.PHASE_PROBING, M.TAG_JOB_ID: self.job_id,
-                      M.TAG_STRATEGY: self.spec.tuning.strategy})
-        self.status(phase=M.PHASE_PROBING, progress="starting")
-
-    def status(self, phase: str | None = None, progress: str | None = None) -> None:
-        """Phase and progress: printed (the Ray job's log) and set as tags on the parent run."""
-        print(f"[slwtune {self.job_id}] {phase or ''} {progress or ''}".rstrip(), flush=True)
-        tags = {k: v for k, v in ((M.TAG_PHASE, phase), (M.TAG_PROGRESS, progress)) if v is not None}
-        if self.logs_to_mlflow and tags:
-            tracking.set_tags(self.uri, self.parent_run_id, tags)
-
-    def set_tags(self, tags: dict) -> None:
-        if self.logs_to_mlflow:
-            tracking.set_tags(self.uri, self.parent_run_id, tags)
 
 
 # ---- probe phase -----------------------------------------------------------------------
@@ -68,24 +32,24 @@ def run_search(job: Job, search: Search) -> tuple[list[ProbeResult], ProbeResult
 
     Round 1 also runs the control probe (SLW off, same window) when `tuning.control_probe` is on;
     it is returned apart and never told to the search. A probe that crashed is run once more
-    before it counts as `failed` (a crash says nothing about SLW).
+    before it counts as `failed` (a crash says nothing about SLW). Rounds that finished before a
+    restart are told to the search again from the job's state instead of being rerun.
     """
     results: list[ProbeResult] = []
     control: ProbeResult | None = None
+    done = job.done_rounds()
     round_index = 0
     while probes := search.next_round():
         round_index += 1
-        if round_index == 1 and job.spec.tuning.control_probe:
-            probes = [*probes, Probe.control(job.spec.slw.full_length)]
-        job.status(progress=f"round {round_index}: probing {[p.as_config() for p in probes]}")
-        batch = probe_round(job, probes, round_index)
-        crashed = [r for r in batch if r.verdict == M.FAILED]
-        if crashed:
-            job.notes.append(f"round {round_index}: retried {len(crashed)} crashed probe(s) once: "
-                             + "; ".join(f"s={r.start_length} T={r.duration_steps}: {r.reason}" for r in crashed))
-            job.status(progress=f"round {round_index}: retrying {len(crashed)} crashed probe(s)")
-            retried = probe_round(job, [r.probe for r in crashed], round_index, attempt=2)
-            batch = [r for r in batch if r.verdict != M.FAILED] + retried
+        if done and {p for p in probes} == {r.probe for r in done[0] if r.slw}:
+            batch = done.pop(0)
+            job.status(progress=f"round {round_index}: finished before the restart, not rerun")
+        else:
+            done = []  # the search went elsewhere: everything from here runs live
+            if round_index == 1 and job.spec.tuning.control_probe:
+                probes = [*probes, Probe.control(job.spec.slw.full_length)]
+            batch = run_probes(job, probes, round_index)
+            job.save_round(batch)
         control = next((r for r in batch if not r.slw), control)
         batch = [r for r in batch if r.slw]
         results.extend(batch)
@@ -95,9 +59,24 @@ def run_search(job: Job, search: Search) -> tuple[list[ProbeResult], ProbeResult
     return results, control
 
 
+def run_probes(job: Job, probes: list[Probe], round_index: int) -> list[ProbeResult]:
+    """One round on Ray Tune; crashed probes run once more."""
+    job.status(progress=f"round {round_index}: probing {[p.as_config() for p in probes]}")
+    batch = probe_round(job, probes, round_index)
+    crashed = [r for r in batch if r.verdict == M.FAILED]
+    if crashed:
+        job.notes.append(f"round {round_index}: retried {len(crashed)} crashed probe(s) once: "
+                         + "; ".join(f"s={r.start_length} T={r.duration_steps}: {r.reason}" for r in crashed))
+        job.status(progress=f"round {round_index}: retrying {len(crashed)} crashed probe(s)")
+        retried = probe_round(job, [r.probe for r in crashed], round_index, attempt=2)
+        batch = [r for r in batch if r.verdict != M.FAILED] + retried
+    return batch
+
+
 def probe_round(job: Job, probes: list[Probe], round_index: int, attempt: int = 1) -> list[ProbeResult]:
     batch = run_round(job.spec, probes, round_index=round_index, job_id=job.job_id, storage=job.storage,
-                      parent_run_id=job.parent_run_id, mlflow_uri=job.uri, attempt=attempt)
+                      parent_run_id=job.parent_run_id, mlflow_uri=job.uri, attempt=attempt,
+                      spill_dir=job.spill_dir)
     sync_probe_tags(job, batch)
     return batch
 
@@ -108,10 +87,12 @@ def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:
     if not job.logs_to_mlflow:
         return
     for r in results:
-        run = tracking.find_child(job.uri, job.parent_run_id, M.TAG_TRIAL_ID, r.trial_id) if r.trial_id else None
+        run = job.track("find a probe's run", tracking.find_child, job.parent_run_id, M.TAG_TRIAL_ID,
+                        r.trial_id) if r.trial_id else None
         if run is not None:
-            tracking.set_tags(job.uri, run.info.run_id, {M.TAG_VERDICT: r.verdict, M.TAG_REASON: r.reason or "-"})
-            tracking.end_run(job.uri, run.info.run_id, tracking.run_status(r.verdict))
+            job.track("tag a probe", tracking.set_tags, run.info.run_id,
+                      {M.TAG_VERDICT: r.verdict, M.TAG_REASON: r.reason or "-"})
+            job.track("end a probe's run", tracking.end_run, run.info.run_id, tracking.run_status(r.verdict))
 
 
 # ---- full run ---------------------------------------------------------------------------------
@@ -121,31 +102,56 @@ def run_full(job: Job, chosen: Probe | None, winner: ProbeResult | None) -> dict
     """The full run with the chosen knobs (None: the baseline, SLW off): the report's `full_run`.
 
     It continues from `winner`'s checkpoint (the probe that ran these settings) when
-    `tuning.reuse_probe_checkpoint` is on, so that probe's compute is not thrown away.
+    `tuning.reuse_probe_checkpoint` is on, so that probe's compute is not thrown away. Its Ray
+    run name is fixed by the job, so after a restart Ray Train resumes it from its last checkpoint.
     """
+    if job.state.get("full_run"):  # finished before a restart
+        return job.state["full_run"]
     spec = job.spec.with_slw(chosen.start_length, chosen.duration_steps) if chosen else job.spec.without_slw()
     init = winner.checkpoint if (winner and spec.tuning.reuse_probe_checkpoint) else None
-    run_id = None
-    if job.uri:
-        run_id = tracking.create_run(job.uri, tracking.experiment_name(spec), f"full-run-{job.job_id}",
-                                     parent_run_id=job.parent_run_id, params=spec.flat(),
-                                     tags={M.TAG_KIND: M.KIND_FULL_RUN, M.TAG_JOB_ID: job.job_id,
-                                           M.TAG_CONTINUED_FROM: init or "-"})
+    run_id = job.state.get("full_run_mlflow_run_id")
+    if job.uri and not run_id:
+        run_id = job.track("create the full run's run", tracking.create_run, tracking.experiment_name(spec),
+                           f"full-run-{job.job_id}", parent_run_id=job.parent_run_id, params=spec.flat(),
+                           tags={M.TAG_KIND: M.KIND_FULL_RUN, M.TAG_JOB_ID: job.job_id,
+                                 M.TAG_CONTINUED_FROM: init or "-"})
+        job.state["full_run_mlflow_run_id"] = run_id
+        job.save()
     job.status(phase=M.PHASE_FULL_RUN, progress="full run started")
     options = RunOptions(mlflow_uri=job.uri, mlflow_run_id=run_id, init_checkpoint=init, progress=True,
-                         progress_run_id=job.parent_run_id)
-    trainer = make_trainer(spec, options, f"{spec.name}-{job.job_id}-full", job.storage)
+                         progress_run_id=job.parent_run_id, spill_dir=job.spill_dir)
+    trainer = make_trainer(spec, options, f"{storage.job_prefix(spec.name, job.job_id)}full", job.storage)
     summary = fit_and_summarize(trainer)
     summary.update(continued_from_probe=bool(init), mlflow_run_id=run_id, slw_enabled=spec.slw.enabled,
                    model=None)
     if summary["checkpoint"] and summary["verdict"] not in M.RUN_FAILED_VERDICTS:
         summary["model"] = str(export_model(spec, summary["checkpoint"], job.out / "model"))
-        if job.uri and run_id:
-            tracking.log_artifact(job.uri, run_id, summary["model"], MODEL_ARTIFACT_DIR)
-    if job.uri and run_id:
-        tracking.set_tags(job.uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
-        tracking.end_run(job.uri, run_id, "FAILED" if summary["verdict"] in M.RUN_FAILED_VERDICTS else "FINISHED")
+        if run_id:
+            job.track("log the model", tracking.log_artifact, run_id, summary["model"], MODEL_ARTIFACT_DIR)
+    if run_id:
+        job.track("tag the full run", tracking.set_tags, run_id,
+                  {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
+        job.track("end the full run", tracking.end_run, run_id,
+                  "FAILED" if summary["verdict"] in M.RUN_FAILED_VERDICTS else "FINISHED")
+    job.state["full_run"] = summary
+    job.save()
     return summary
+
+
+def drop_probe_checkpoints(job: Job, results: list[ProbeResult], keep: ProbeResult | None) -> int:
+    """Delete the Train runs of the probes the full run does not continue from; returns how many."""
+    dropped = 0
+    for r in results:
+        if r.checkpoint and r is not keep:
+            storage.delete(storage.run_folder(r.checkpoint))
+            dropped += 1
+    return dropped
+
+
+def job_disk_bytes(job: Job) -> int:
+    """What the job keeps on disk: its folder plus its Ray runs in storage."""
+    runs = storage.job_runs(job.storage, storage.job_prefix(job.spec.name, job.job_id))
+    return storage.size_bytes(str(job.out)) + sum(storage.size_bytes(r) for r in runs)
 
 
 def winning_probe(results: list[ProbeResult], chosen: Probe | None) -> ProbeResult | None:
@@ -178,11 +184,15 @@ def full_run_plan(spec: JobSpec, chosen: Probe | None, baseline_wins: bool,
     return chosen is not None, chosen, winning_probe(results, chosen)
 
 
-def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, job_id: str | None = None,
-            full_run: bool = True) -> dict:
-    """The whole job; returns the report (also written to out_dir/report.json)."""
+def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = None, job_id: str | None = None,
+            full_run: bool = True, resume: bool = False) -> dict:
+    """The whole job; returns the report (also written to out_dir/report.json).
+
+    `resume=True` goes on with the job persisted in `out_dir` (its spec, id and finished rounds).
+    """
+    job = Job.resume(out_dir, "resumed with --resume") if resume else Job(spec, Path(out_dir), job_id)
+    spec = job.spec
     ensure_ray(address, num_cpus=local_cpus_for(spec))
-    job = Job(spec, Path(out_dir), job_id)
     job.start()
     status = "FAILED"
     try:
@@ -194,29 +204,44 @@ def run_job(spec: JobSpec, out_dir: str | Path, *, address: str | None = None, j
         comparison = compare_with_control(results, control)
         baseline_wins = comparison["baseline_wins"]
         outcome, error = job_outcome(results, chosen, None, baseline_wins)
+        go, knobs, seed_probe = full_run_plan(spec, chosen, baseline_wins, control, results)
+        if not spec.tuning.keep_probe_checkpoints:
+            dropped = drop_probe_checkpoints(job, results + [control] * (control is not None), seed_probe)
+            if dropped:
+                job.notes.append(f"deleted the checkpoints of {dropped} probe(s) the full run does not continue "
+                                 f"from (tuning.keep_probe_checkpoints: false)")
         report = build_report(spec=spec, job_id=job.job_id, strategy=spec.tuning.strategy, probes=results,
                               chosen=chosen, notes=list(search.notes) + job.notes, violations=search.violations(),
                               reuse_probe=spec.tuning.reuse_probe_checkpoint, parent_run_id=job.parent_run_id,
                               outcome=outcome, error=error, control=control, comparison=comparison)
-        report_files = write_report(report, job.out)
         plots = write_plots(results, spec, chosen, job.out)
         outcome_tags = {M.TAG_VERDICT: M.CHOSEN if chosen else M.NONE_STABLE}
         if chosen:
             outcome_tags.update({M.TAG_CHOSEN_START: chosen.start_length,
                                  M.TAG_CHOSEN_DURATION: chosen.duration_steps})
         job.set_tags(outcome_tags)
-        go, knobs, seed_probe = full_run_plan(spec, chosen, baseline_wins, control, results)
+        write_report(report, job.out)
         if go and full_run and outcome != M.OUTCOME_PROBES_CRASHED:
             report["full_run"] = run_full(job, knobs, seed_probe)
             report["outcome"], report["error"] = job_outcome(results, chosen, report["full_run"], baseline_wins)
-            report_files = write_report(report, job.out)
+        finish_report(job, report, results, control)
+        report_files = write_report(report, job.out)
         job.set_tags({M.TAG_OUTCOME: report["outcome"], M.TAG_REASON: report["error"] or "-"})
         if job.logs_to_mlflow:
             for path in report_files + plots:
-                tracking.log_artifact(job.uri, job.parent_run_id, str(path))
+                job.track("log the report", tracking.log_artifact, job.parent_run_id, str(path))
         job.status(phase=M.PHASE_DONE, progress=report["error"] or "done")
         status = "FINISHED" if report["outcome"] in (M.OUTCOME_DONE, M.OUTCOME_NONE_STABLE) else "FAILED"
         return report
     finally:
         if job.logs_to_mlflow:
-            tracking.end_run(job.uri, job.parent_run_id, status)
+            job.track("end the job's run", tracking.end_run, job.parent_run_id, status)
+
+
+def finish_report(job: Job, report: dict, results: list[ProbeResult], control: ProbeResult | None) -> None:
+    """What the job learned around the search: restarts, warnings, metrics MLflow missed, disk use."""
+    unsent = sum(r.mlflow_unsent for r in results + [control] * (control is not None))
+    unsent += (report.get("full_run") or {}).get("mlflow_unsent") or 0
+    if unsent:
+        job.warn(f"{unsent} metrics never reached MLflow; they are kept in {job.spill_dir}")
+    report.update(restarts=list(job.restarts), warnings=list(job.warnings), disk_bytes=job_disk_bytes(job))

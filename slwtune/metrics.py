@@ -30,6 +30,7 @@ EARLY = "early"              # the verdict came in the first evaluations of the 
 MAX_LOSS_RATIO = "max_loss_ratio"
 BEST_VAL_PPL = "best_val_ppl"
 WALL_S = "wall_s"
+MLFLOW_UNSENT = "mlflow_unsent"  # metrics MLflow was down for until the end (kept in the job folder)
 
 # Verdicts of a run (probe, full run or plain train). `failed` = the run crashed: not an SLW signal.
 STABLE, FLUCTUATING, DIVERGED, FAILED = "stable", "fluctuating", "diverged", "failed"

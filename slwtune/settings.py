@@ -49,3 +49,11 @@ def quiet_tokenizers() -> None:
     """HF tokenizers warns (and may deadlock) when a process forks after using its thread pool;
     Ray starts workers by forking, so turn its parallelism off unless the user chose."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def fail_fast_mlflow_client() -> None:
+    """MLflow's client retries a dead server for minutes per call by default; a training process
+    has its own backoff (`tracking.RunLogger`), so let each call fail within seconds instead,
+    unless the user set these."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

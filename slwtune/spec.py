@@ -107,6 +107,9 @@ class RunSpec(_Section):
     log_every_steps: int = Field(5, gt=0)
     stats_every_steps: int = Field(10, gt=0, description="Adam variance stats (one host sync)")
     checkpoint_every_steps: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints a run keeps (the newest)")
+    max_failures: int = Field(2, ge=0, description="worker failures a run survives, each resumed from its "
+                                                   "last checkpoint")
     compile: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -142,6 +145,8 @@ class TuningSpec(_Section):
     optuna_storage: str | None = Field(None, description="RDB URL of the optuna study; default under the job dir")
     max_concurrent_trials: int = Field(2, gt=0)
     reuse_probe_checkpoint: bool = Field(True, description="full run continues from the winning probe")
+    keep_probe_checkpoints: bool = Field(False, description="keep the non-winning probes' checkpoints after "
+                                                             "selection (they are deleted by default)")
     control_probe: bool = Field(True, description="round 1 also probes the baseline (SLW off) over the same window")
     when_baseline_wins: Literal["run_baseline", "run_slw", "stop"] = Field(
         "run_baseline", description="full run when the control is stable and at least as good as every SLW probe")

@@ -84,6 +84,16 @@ def find_child(uri: str, parent_run_id: str, tag: str, value: str):
     return next((r for r in child_runs(uri, parent_run_id) if r.data.tags.get(tag) == value), None)
 
 
+def best_effort(what: str, fn, *args, **kwargs):
+    """Call an MLflow function for bookkeeping; when MLflow is down, warn and return None instead of
+    raising, so an outage never ends a probe, a run or a job (the report carries the warning)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # transport or server errors of any kind
+        print(f"slwtune: MLflow unavailable ({what}): {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        return None
+
+
 def run_status(verdict: str) -> str:
     """The MLflow status that tells a run's verdict in the UI's status column."""
     return {M.STABLE: "FINISHED", M.FAILED: "FAILED"}.get(verdict, "KILLED")  # unstable = pruned
@@ -98,12 +108,28 @@ def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = N
 
 
 class RunLogger:
-    """Buffers metrics of one run and sends them in batches (one HTTP call per flush)."""
+    """Buffers the metrics of one run and sends them in batches; an MLflow outage never stops training.
 
-    def __init__(self, uri: str | None, run_id: str | None, flush_every: int = 200):
+    A send that fails keeps its metrics, in order, and the next flush retries after an
+    exponential backoff (1 s doubling to 60 s), so training never waits on a dead server and
+    the backlog goes out in order when it returns. `close` makes a last bounded attempt and
+    writes whatever is still unsent to `spill_dir/<run_id>.jsonl` (the job folder), so no
+    metric is lost; `unsent` counts those and `outages` the failed sends.
+    """
+
+    def __init__(self, uri: str | None, run_id: str | None, flush_every: int = 200, spill_dir: str | None = None,
+                 clock=time.monotonic, client=None):
         self.enabled = bool(uri and run_id)
-        self.uri, self.run_id, self.flush_every = uri, run_id, flush_every
+        self.uri, self.run_id, self.flush_every, self.spill_dir = uri, run_id, flush_every, spill_dir
+        self._clock = clock
+        self._client = client  # an MlflowClient (tests pass their own); made on first use
         self._buffer: list = []
+        self._tags: dict[str, dict[str, Any]] = {}  # run id -> tags not yet set
+        self._retry_at = 0.0
+        self.outages = 0
+        self.unsent = 0
+        if self.enabled:
+            settings.fail_fast_mlflow_client()
 
     def log(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -120,18 +146,54 @@ class RunLogger:
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
-    def flush(self) -> None:
-        if not self.enabled or not self._buffer:
-            return
-        client = _client(self.uri)
-        for i in range(0, len(self._buffer), 1000):  # MLflow caps a batch at 1000 metrics
-            client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
-        self._buffer.clear()
-
     def set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
-        """Tags on this run (or on `run_id` of the same server, e.g. the job's parent run)."""
+        """Tags on this run (or on `run_id` of the same server, e.g. the job's parent run), sent with the metrics."""
         if self.enabled:
-            set_tags(self.uri, run_id or self.run_id, tags)
+            self._tags.setdefault(run_id or self.run_id, {}).update(tags)
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send what is buffered, unless backing off after a failure; True when nothing is left."""
+        if not self.enabled or (not self._buffer and not self._tags):
+            return True
+        if self._clock() < self._retry_at:
+            return False
+        from mlflow.entities import RunTag
+
+        try:
+            client = self._client = self._client or _client(self.uri)
+            while self._buffer:  # oldest first; a batch leaves the buffer only once MLflow has it
+                client.log_batch(self.run_id, metrics=self._buffer[:1000])  # MLflow caps a batch at 1000
+                del self._buffer[:1000]
+            for run_id in list(self._tags):
+                client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in self._tags[run_id].items()])
+                del self._tags[run_id]
+        except Exception as exc:  # any transport or server error: keep everything and back off
+            self.outages += 1
+            self._retry_at = self._clock() + min(60.0, 2.0 ** (self.outages - 1))
+            if self.outages == 1:
+                print(f"slwtune: MLflow unavailable ({type(exc).__name__}); training goes on, "
+                      f"metrics are kept and sent when it returns", flush=True)
+            return False
+        return True
+
+    def close(self, wait_s: float = 30.0) -> int:
+        """Last attempts for up to `wait_s`; what is still unsent goes to the spill file. Returns that count."""
+        deadline = self._clock() + wait_s
+        while not self.flush() and self._clock() < deadline:
+            time.sleep(max(0.0, min(self._retry_at, deadline) - self._clock()))
+        if self._buffer and self.spill_dir:
+            import json
+            from pathlib import Path
+
+            path = Path(self.spill_dir) / f"{self.run_id}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                for m in self._buffer:
+                    f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp,
+                                        "step": m.step}) + "\n")
+        self.unsent = len(self._buffer)
+        return self.unsent
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:

@@ -28,15 +28,18 @@ def make_trainer(spec: JobSpec, options: RunOptions, name: str, storage: str, ca
     """A Train V2 `TorchTrainer` running `train_worker` with this spec and options."""
     from dataclasses import asdict
 
-    from ray.train import CheckpointConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    # A dead worker restarts the run from its last checkpoint (the loop restores step, tokens, RNG);
+    # the same name and storage also resume a run whose driver died (`slwtune tune --resume`).
     return TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.to_dict(), "options": asdict(options)},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             failure_config=FailureConfig(max_failures=spec.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.run.keep_checkpoints)),
     )
 
 
@@ -73,6 +76,7 @@ def summarize(result) -> dict[str, Any]:
         "max_loss_ratio": _finite_or_none(metrics.get(M.MAX_LOSS_RATIO)),
         "checkpoint": checkpoint_location(result.checkpoint),
         "error": error,
+        "mlflow_unsent": int(metrics.get(M.MLFLOW_UNSENT) or 0),
     }
 
 
@@ -84,7 +88,8 @@ def fit_and_summarize(trainer) -> dict[str, Any]:
         # Ray puts the worker's traceback first and the actual error last: keep the end.
         message = f"{type(exc).__name__}: ...{str(exc)[-500:]}"
         return {"verdict": M.FAILED, "reason": message, "steps": None, "tokens": None, "final_val_ppl": None,
-                "best_val_ppl": None, "max_loss_ratio": None, "checkpoint": None, "error": message}
+                "best_val_ppl": None, "max_loss_ratio": None, "checkpoint": None, "error": message,
+                "mlflow_unsent": 0}
 
 
 def train(spec: JobSpec, *, address: str | None = None, storage: str | None = None,

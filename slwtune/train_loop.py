@@ -49,6 +49,7 @@ class RunOptions:
     report_every_steps: int | None = None  # default: run.eval_every_steps
     stop_when_unstable: bool = False       # probes end on `fluctuating` too, not only `diverged`
     trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
+    spill_dir: str | None = None           # metrics MLflow never took are written here (the job folder)
 
 
 # ---- setup helpers -------------------------------------------------------------
@@ -163,7 +164,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
 
     micro, accum = spec.micro_batch_size(), spec.grad_accum_steps()
     report_every = options.report_every_steps or spec.run.eval_every_steps
-    logger = RunLogger(options.mlflow_uri if rank == 0 else None, options.mlflow_run_id)
+    logger = RunLogger(options.mlflow_uri if rank == 0 else None, options.mlflow_run_id, spill_dir=options.spill_dir)
     peak = peak_flops(device)
     verdict = monitor.verdict
     last: dict[str, Any] = {}
@@ -223,6 +224,8 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
             if finished:  # tag before the report: a Tune stopper may end this process right after it
                 logger.set_tags({M.TAG_VERDICT: verdict.status, M.TAG_REASON: verdict.reason or "-"})
             logger.flush()
+            if finished:  # the last report says how many metrics MLflow never took (kept in spill_dir)
+                last[M.MLFLOW_UNSENT] = logger.close()
             if options.trace_dir:
                 write_trace(options.trace_dir, rank, last, model)
             session.report(last, ckpt)

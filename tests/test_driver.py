@@ -43,7 +43,7 @@ class FakeCluster:
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(monkeypatch, tmp_path):
     def install(cluster, full_run=None):
         monkeypatch.setattr(driver, "ensure_ray", lambda *a, **k: None)
         monkeypatch.setattr(driver, "run_round", cluster.run_round)
@@ -55,6 +55,7 @@ def fake(monkeypatch):
         summary.update(full_run or {})
         monkeypatch.setattr(driver, "fit_and_summarize", lambda trainer: dict(summary))
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.setenv("SLWTUNE_STORAGE", str(tmp_path / "storage"))
         return cluster
     return install
 
@@ -173,3 +174,90 @@ def test_the_control_can_be_turned_off(fake, tmp_path):
     cluster = fake(FakeCluster(Landscape()))
     report = driver.run_job(spec("tuning.control_probe=false"), tmp_path, job_id="c5")
     assert report["control"] is None and all(p.slw for c in cluster.calls for p in c[2])
+
+
+class Killed(BaseException):
+    """The driver process dying mid-job (not an Exception: nothing in the driver may catch it)."""
+
+
+def test_resume_does_not_rerun_finished_rounds(fake, tmp_path):
+    first = FakeCluster(Landscape(diverged_below=20, fluctuating_above=40))
+    original = first.run_round
+
+    def dies_in_round_2(spec, probes, *, round_index, **kw):
+        if round_index == 2:
+            raise Killed()
+        return original(spec, probes, round_index=round_index, **kw)
+
+    first.run_round = dies_in_round_2
+    fake(first)
+    with pytest.raises(Killed):
+        driver.run_job(spec(), tmp_path, job_id="r1")
+
+    second = fake(FakeCluster(Landscape(diverged_below=20, fluctuating_above=40)))
+    report = driver.run_job(None, tmp_path, resume=True)
+    assert report["job_id"] == "r1"
+    assert [c[0] for c in second.calls][0] == 2  # round 1 (with the control) came from job.json
+    assert not any(not p.slw for c in second.calls for p in c[2])
+    assert report["control"] is not None and [r["rounds_done"] for r in report["restarts"]] == [1]
+    assert report["outcome"] == M.OUTCOME_DONE and 32 <= report["chosen"]["duration_steps"] <= 40
+
+
+def test_resume_after_the_full_run_finished_does_not_train_again(fake, tmp_path):
+    fake(FakeCluster(Landscape()))
+    done = driver.run_job(spec(), tmp_path, job_id="r2")
+    again = fake(FakeCluster(Landscape()))
+    report = driver.run_job(None, tmp_path, resume=True)
+    assert again.calls == [] and again.trained == []
+    assert report["full_run"] == done["full_run"]
+
+
+def test_resume_without_a_job_folder_names_the_folder(tmp_path):
+    from slwtune.errors import SlwtuneError
+
+    with pytest.raises(SlwtuneError, match=str(tmp_path)):
+        driver.run_job(None, tmp_path, resume=True)
+
+
+def test_probe_checkpoints_are_dropped_after_selection_except_the_one_continued(fake, tmp_path, monkeypatch):
+    cluster = fake(FakeCluster(Landscape(fluctuating_above=40)))
+    runs = tmp_path / "ray"
+    original = cluster.answer
+
+    def answer_with_checkpoint(p, round_index, attempt):
+        r = original(p, round_index, attempt)
+        ckpt = runs / f"probe-{p.start_length}-{p.duration_steps}" / "checkpoint_000"
+        ckpt.mkdir(parents=True)
+        r.checkpoint = str(ckpt)
+        return r
+
+    cluster.answer = answer_with_checkpoint
+    report = driver.run_job(spec(), tmp_path / "out", job_id="k1")
+    kept = sorted(p.name for p in runs.iterdir())
+    assert kept == [f"probe-8-{report['chosen']['duration_steps']}"]
+    assert any("deleted the checkpoints" in n for n in report["notes"])
+    assert report["disk_bytes"] > 0
+
+
+def test_keep_probe_checkpoints_keeps_them(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape()))
+    ckpt = tmp_path / "ray" / "probe" / "checkpoint_000"
+    ckpt.mkdir(parents=True)
+    original = cluster.answer
+    cluster.answer = lambda p, i, a: (lambda r: (setattr(r, "checkpoint", str(ckpt)), r)[1])(original(p, i, a))
+    driver.run_job(spec("tuning.keep_probe_checkpoints=true"), tmp_path / "out", job_id="k2")
+    assert ckpt.is_dir()
+
+
+def test_a_job_finishes_with_a_warning_when_mlflow_is_down(fake, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: every MLflow call is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake(FakeCluster(Landscape()))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    report = driver.run_job(spec(), tmp_path, job_id="m1")
+    assert report["outcome"] == M.OUTCOME_DONE and report["chosen"] is not None
+    assert report["warnings"] and all("MLflow unavailable" in w for w in report["warnings"])
+    assert report["mlflow_parent_run_id"] is None

@@ -16,6 +16,7 @@ from typing import Any
 from slwtune import metrics as M
 from slwtune import tracking
 from slwtune.spec import JobSpec
+from slwtune.storage import job_prefix
 from slwtune.train import make_trainer
 from slwtune.train_loop import RunOptions
 from slwtune.tuning.strategies import Outcome, Probe
@@ -60,26 +61,24 @@ def probe_trial(config: dict) -> None:
     name = "control-no-slw" if control else f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}"
     uri, run_id = config.get("mlflow_uri"), None
     if uri:
-        run_id = tracking.create_run(
-            uri, config["experiment"], f"{name}-{trial_id}",
+        run_id = tracking.best_effort(
+            "create the probe's run", tracking.create_run, uri, config["experiment"], f"{name}-{trial_id}",
             parent_run_id=config.get("parent_run_id"), params=spec.flat(),
-            tags={M.TAG_KIND: M.KIND_CONTROL if control else M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id, M.TAG_JOB_ID: config.get("job_id", ""),
-                  M.TAG_ROUND: config.get("round", 0), M.TAG_START_LENGTH: spec.slw.start_length,
-                  M.TAG_DURATION_STEPS: spec.slw.duration_steps})
+            tags={M.TAG_KIND: M.KIND_CONTROL if control else M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id,
+                  M.TAG_JOB_ID: config.get("job_id", ""), M.TAG_ROUND: config.get("round", 0),
+                  M.TAG_START_LENGTH: spec.slw.start_length, M.TAG_DURATION_STEPS: spec.slw.duration_steps})
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
-                         stop_when_unstable=True)
-    trainer = make_trainer(spec, options, name=f"{config['job_name']}-probe-{trial_id}",
+                         stop_when_unstable=True, spill_dir=config.get("spill_dir"))
+    trainer = make_trainer(spec, options, name=f"{config['job_name']}probe-{trial_id}",
                            storage=config["storage"], callbacks=[TuneReportCallback()])
     try:
         trainer.fit()
-    except Exception as exc:  # the trial fails alone; the driver records it as `failed`
+    except Exception as exc:  # the trial fails alone; the driver records it as `failed` (and retries it once)
         if uri and run_id:
-            if M.TAG_VERDICT not in tracking.get_tags(uri, run_id):  # keep a verdict the loop already gave
-                tracking.set_tags(uri, run_id, {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: str(exc)[:500]})
-            tracking.end_run(uri, run_id, "FAILED")
+            tracking.best_effort("tag the crashed probe", tracking.set_tags, uri, run_id,
+                                 {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: str(exc)[-500:]})
+            tracking.best_effort("end the crashed probe", tracking.end_run, uri, run_id, "FAILED")
         raise
-    if uri and run_id:
-        tracking.end_run(uri, run_id, "FINISHED")
 
 
 @dataclass
@@ -102,6 +101,7 @@ class ProbeResult:
     round: int
     curve: list = None  # [(step, val_ppl, loss_ratio, tokens)] of every report, for plots and comparisons
     slw: bool = True     # False for the control probe
+    mlflow_unsent: int = 0  # metrics MLflow never took (in the job folder's metrics/)
 
     @property
     def probe(self) -> Probe:
@@ -142,6 +142,7 @@ def result_to_probe(result, round_index: int) -> ProbeResult:
         checkpoint=with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage")),
         trial_id=str(metrics.get("trial_id", "")),
         round=round_index, curve=_curve(result), slw=bool(config.get("slw", True)),
+        mlflow_unsent=int(metrics.get(M.MLFLOW_UNSENT) or 0),
     )
 
 
@@ -172,10 +173,11 @@ def _curve(result) -> list:
 
 
 def base_config(spec: JobSpec, *, job_id: str, storage: str, parent_run_id: str | None,
-                mlflow_uri: str | None, round_index: int) -> dict[str, Any]:
+                mlflow_uri: str | None, round_index: int, spill_dir: str | None = None) -> dict[str, Any]:
     return {"spec": spec.to_dict(), "probe_steps": spec.probe_steps(), "job_id": job_id,
-            "job_name": spec.name, "storage": storage, "parent_run_id": parent_run_id,
-            "mlflow_uri": mlflow_uri, "experiment": tracking.experiment_name(spec), "round": round_index}
+            "job_name": job_prefix(spec.name, job_id), "storage": storage, "parent_run_id": parent_run_id,
+            "mlflow_uri": mlflow_uri, "experiment": tracking.experiment_name(spec), "round": round_index,
+            "spill_dir": spill_dir}
 
 
 def trial_resources(spec: JobSpec) -> dict:
@@ -184,18 +186,19 @@ def trial_resources(spec: JobSpec) -> dict:
 
 
 def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: str, storage: str,
-              parent_run_id: str | None, mlflow_uri: str | None, attempt: int = 1) -> list[ProbeResult]:
+              parent_run_id: str | None, mlflow_uri: str | None, attempt: int = 1,
+              spill_dir: str | None = None) -> list[ProbeResult]:
     """Run one round of probes concurrently (up to tuning.max_concurrent_trials) on Ray Tune."""
     from ray import tune
 
     param_space = base_config(spec, job_id=job_id, storage=storage, parent_run_id=parent_run_id,
-                              mlflow_uri=mlflow_uri, round_index=round_index)
+                              mlflow_uri=mlflow_uri, round_index=round_index, spill_dir=spill_dir)
     param_space["knobs"] = tune.grid_search([p.as_config() for p in probes])
     tuner = tune.Tuner(
         tune.with_resources(lift_knobs(probe_trial), trial_resources(spec)),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.tuning.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"{spec.name}-{job_id}-round{round_index}"
+        run_config=tune.RunConfig(name=f"{job_prefix(spec.name, job_id)}round{round_index}"
                                   + (f"-attempt{attempt}" if attempt > 1 else ""), storage_path=storage,
                                   stop=verdict_stopper(), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),

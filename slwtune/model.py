@@ -198,6 +198,8 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     weight per token (2 forward, 4 backward) plus attention scores and values, whose cost grows
     with T. N = num_params(non_embedding=True). Shorter SLW sequences are cheaper per token.
     """
+    if hasattr(config, "flops_per_token"):  # another family's config knows its own cost (slwtune.hf_model)
+        return config.flops_per_token(seq_len)
     return 6.0 * num_params(config, non_embedding=True) + 12.0 * config.n_layer * config.n_embd * seq_len
 
 

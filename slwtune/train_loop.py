@@ -84,6 +84,9 @@ def seed_everything(seed: int) -> None:
 
 def build_model(spec: JobSpec, vocab_size: int) -> GPT:
     m = spec.model
+    if m.family == "hf":  # a transformers causal LM behind GPT's interface (slwtune.hf_model)
+        from slwtune.hf_model import build_hf_model
+        return build_hf_model(spec, vocab_size)
     overrides = {k: v for k, v in dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                                         context_length=m.context_length).items() if v is not None}
     config = model_config(m.preset, vocab_size=m.vocab_size or vocab_size, dropout=m.dropout,

@@ -137,3 +137,17 @@ def test_full_length_beyond_the_configs_positions_is_named(tmp_path):
                                                       "n_head": 2, "n_embd": 32}))
     with pytest.raises(ModelError, match=r"slw.full_length=32 exceeds the model's max_position_embeddings=16"):
         build_hf_model(spec_with({"family": "hf", "hf_path": str(tmp_path)}), vocab_size=97)
+
+
+def test_the_readme_hf_model_spec_is_valid_and_builds():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"\*\*A Hugging Face causal LM\*\*.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    data = yaml.safe_load(block)
+    data["data"] = {"path": "builtin:shakespeare", "tokenizer": "bytes"}  # the README's data/my is a placeholder
+    net = build_model(parse_spec(data), vocab_size=97)
+    assert net.hf.config.model_type == "llama" and net.hf.config.num_key_value_heads == 2

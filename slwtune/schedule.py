@@ -69,3 +69,27 @@ def steps_for_tokens(pacing: Callable[[int], int], tokens: int, batch_size: int,
             step += max(0, math.ceil(remaining / (batch_size * full_length)))
             break
     return step
+
+
+@dataclass
+class TokenClock:
+    """The token bookkeeping the token-based decay needs: tokens trained so far and the count
+    when the LR warmup ended. Advance it once per optimizer step, after the step."""
+
+    warmup_steps: int
+    tokens: int = 0
+    warmup_tokens: int | None = None
+
+    def advance(self, step: int, step_tokens: int) -> None:
+        """Record the `step_tokens` trained in optimizer step `step` (from 1)."""
+        if step_tokens < 0:
+            raise ValueError(f"step_tokens={step_tokens} must be >= 0")
+        self.tokens += step_tokens
+        if self.warmup_tokens is None and step >= self.warmup_steps:
+            self.warmup_tokens = self.tokens
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens, "warmup_tokens": self.warmup_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens, self.warmup_tokens = int(state["tokens"]), state["warmup_tokens"]

@@ -34,8 +34,13 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """The GPT to train: a preset from `slwtune.model.MODEL_PRESETS`, optionally overridden."""
+    """The model to train: slwtune's GPT (a preset from `slwtune.model.MODEL_PRESETS`, optionally
+    overridden) or a Hugging Face causal LM (`family: hf`, see `slwtune.hf_model`)."""
 
+    family: Literal["gpt", "hf"] = Field("gpt", description="gpt: the built-in GPT-2; hf: a transformers causal LM")
+    architecture: str | None = Field(None, description="hf: the model type (gpt2, llama, any causal LM type)")
+    hf_path: str | None = Field(None, description="hf: a local folder with config.json (weights are not loaded)")
+    hf_config: dict[str, Any] = Field(default_factory=dict, description="hf: config fields by their HF names")
     preset: str = Field("tiny", description="model preset name (gpt2-117m, gpt3-125m, tiny, ...)")
     n_layer: int | None = Field(None, gt=0)
     n_head: int | None = Field(None, gt=0)
@@ -44,6 +49,14 @@ class ModelSpec(_Section):
     vocab_size: int | None = Field(None, gt=0, description="defaults to the dataset's vocabulary")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
+
+    @model_validator(mode="after")
+    def _family_fields(self) -> "ModelSpec":
+        if self.family == "hf" and not (self.architecture or self.hf_path):
+            raise ValueError("model.family='hf' needs model.architecture (e.g. llama) or model.hf_path")
+        if self.family == "gpt" and (self.architecture or self.hf_path or self.hf_config):
+            raise ValueError("model.architecture, model.hf_path and model.hf_config need model.family='hf'")
+        return self
 
 
 class DataSpec(_Section):
@@ -199,10 +212,12 @@ class JobSpec(_Section):
 
     # ---- derived values (one place for each) --------------------------------
 
-    def context_length(self) -> int:
-        """The model's context: the explicit override, else the preset's."""
+    def context_length(self) -> int | None:
+        """The model's context: the explicit override, else the preset's (hf: None if not in the spec)."""
         if self.model.context_length is not None:
             return self.model.context_length
+        if self.model.family == "hf":  # else known once the config is read (slwtune.hf_model checks it)
+            return self.model.hf_config.get("max_position_embeddings")
         from slwtune.model_presets import MODEL_PRESETS
 
         return int(MODEL_PRESETS[self.model.preset]["context_length"])

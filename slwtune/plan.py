@@ -64,12 +64,27 @@ def planned_vocab(spec: JobSpec) -> tuple[int, str]:
     return vocab, f"data.tokenizer={spec.data.tokenizer} and data.vocab_size ({where})"
 
 
+def planned_model_config(spec: JobSpec, vocab: int):
+    """The model's config for cost estimates: the GPT config, or an HF model built on the meta
+    device (no memory, no weights) so its FLOPs come from its own sizes."""
+    if spec.model.family == "hf":
+        import torch
+
+        from slwtune.hf_model import build_hf_model
+
+        with torch.device("meta"):
+            return build_hf_model(spec, vocab).config
+    from slwtune.model import config_from_spec
+
+    return config_from_spec(spec, vocab)
+
+
 def make_plan(spec: JobSpec) -> dict:
     """The plan as a JSON-ready dict: probes, tuning cost, full-run cost and their ratios."""
-    from slwtune.model import config_from_spec, flops_per_token
+    from slwtune.model import flops_per_token
 
     vocab, vocab_source = planned_vocab(spec)
-    config = config_from_spec(spec, vocab)
+    config = planned_model_config(spec, vocab)
     flops_fn = lambda length: flops_per_token(config, length)  # noqa: E731
 
     rounds, trials, knobs = planned_probes(spec)

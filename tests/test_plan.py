@@ -1,5 +1,7 @@
 """`slwtune plan` builds the model the training loop would: same config function, same vocabulary."""
 
+import pytest
+
 from slwtune.data import prepare_dataset
 from slwtune.model import config_from_spec, flops_per_token
 from slwtune.plan import make_plan, planned_vocab
@@ -27,3 +29,16 @@ def test_plan_uses_the_prepared_dataset_vocab(tmp_path):
 def test_the_spec_vocab_wins():
     spec = load_spec("shakespeare-tiny", ["model.vocab_size=999"])
     assert planned_vocab(spec) == (999, "model.vocab_size")
+
+
+def test_plan_of_an_hf_model_costs_what_the_same_gpt_costs():
+    # an HF GPT-2 and the built-in GPT of the same sizes do the same FLOPs per token
+    from slwtune.plan import make_plan
+    from slwtune.spec import load_spec
+
+    sizes = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.context_length=128",
+             "data.tokenizer=bytes"]
+    gpt = make_plan(load_spec("shakespeare-tiny", sizes))
+    hf = make_plan(load_spec("shakespeare-tiny", sizes + ["model.family=hf", "model.architecture=gpt2"]))
+    assert hf["tuning_flops"] == pytest.approx(gpt["tuning_flops"], rel=1e-9)
+    assert hf["full_run_flops"] == pytest.approx(gpt["full_run_flops"], rel=1e-9)

@@ -31,8 +31,13 @@ def test_tiny_job_end_to_end(local_ray, tmp_path, monkeypatch):
     stable_t = [t["duration_steps"] for t in report["trials"] if t["verdict"] == M.STABLE and t["start_length"] == start]
     assert report["chosen"]["duration_steps"] == max(stable_t)
     assert all(t["reason"] for t in report["trials"] if t["verdict"] != M.STABLE)
-    assert report["tuning_tokens"] == sum(t["tokens"] for t in report["trials"])
-    assert report["full_run"]["verdict"] == "stable" and report["full_run"]["continued_from_probe"]
+    assert report["control"]["tokens"] > 0 and report["control"]["verdict"] in M.VERDICTS
+    assert report["tuning_tokens"] == sum(t["tokens"] for t in report["trials"]) + report["control"]["tokens"]
+    assert report["outcome"] == M.OUTCOME_DONE and report["error"] is None
+    full_run = report["full_run"]
+    assert full_run["verdict"] == M.STABLE and full_run["continued_from_probe"]
+    assert full_run["slw_enabled"] == (not report["baseline_wins"])
+    assert full_run["tokens"] >= spec.budget.train_tokens and full_run["final_val_ppl"] > 1
     assert report["net_tuning_fraction"] < report["tuning_fraction"]
     for name in ("report.md", "probes.png", "schedule.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
@@ -47,11 +52,17 @@ def test_tiny_job_end_to_end(local_ray, tmp_path, monkeypatch):
     kids = children(uri, parent.info.run_id)
     kinds = sorted(k.data.tags[M.TAG_KIND] for k in kids)
     assert kinds.count("probe") == len(report["trials"]) and kinds.count("full_run") == 1
+    assert kinds.count(M.KIND_CONTROL) == 1
     assert all(M.TAG_VERDICT in k.data.tags for k in kids)
     # the same metric names in every child, so MLflow's compare view lines them up
     assert all(M.VAL_PPL in k.data.metrics and M.TRAIN_SEQLEN in k.data.metrics for k in kids)
-    # the full run continued from the winning probe: its first logged step is past the probe window
+    # the model is a result: logged under model/ of the full run and loadable in one call
+    from slwtune.export import load_model
+
     full = next(k for k in kids if k.data.tags[M.TAG_KIND] == "full_run")
+    assert [a.path for a in client.list_artifacts(full.info.run_id, "model")] == ["model/model.pt"]
+    assert load_model(full_run["model"]).config.vocab_size > 0
+    # the full run continued from the probe: its first logged step is past the probe window
     steps = [h.step for h in client.get_metric_history(full.info.run_id, M.TRAIN_LOSS)]
     assert min(steps) > spec.probe_steps()
 

@@ -90,3 +90,13 @@ def format_plan(plan: dict) -> str:
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
         f"note            {plan['note']}",
     ])
+
+
+def planned_trials(spec: JobSpec) -> int:
+    """Upper bound of the probe trials a spec may run (the paper search repeats per start length)."""
+    from slwtune.tuning.strategies import start_length_choices
+
+    _, trials, _ = planned_probes(spec)
+    if spec.tuning.strategy == "paper":
+        trials *= max(1, len(start_length_choices(spec.slw.start_length, spec.tuning.max_start_length)))
+    return trials

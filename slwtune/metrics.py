@@ -55,6 +55,7 @@ EXIT_INTERRUPTED = 130
 # MLflow tags
 TAG_VERDICT = "slwtune.verdict"
 TAG_REASON = "slwtune.reason"
+NO_REASON = "-"                  # the reason tag's value when there is none to give
 TAG_PHASE = "slwtune.phase"
 TAG_KIND = "slwtune.kind"        # job | probe | full_run | train
 TAG_JOB_ID = "slwtune.job_id"

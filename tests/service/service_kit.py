@@ -103,12 +103,14 @@ class FakeMlflow(MlflowReader):
         self.children: dict[str, list[dict]] = {}
         self.down = False
         self.killed: list[str] = []
+        self.health_checked: list[str] = []
 
     def _check(self):
         if self.down:
             raise BackendUnavailable("MLflow", "down (test)")
 
     def health(self, uri, max_age_s=0.0):
+        self.health_checked.append(uri)
         self._check()
 
     def parent_run(self, uri, experiment, job_id, run_id=None):
@@ -129,7 +131,7 @@ def make_settings(tmp_path: Path, **kw) -> Settings:
                 ray_address=f"http://127.0.0.1:{closed_port()}", ray_token=None,
                 mlflow_tracking_uri=f"http://127.0.0.1:{closed_port()}",
                 data_root=tmp_path / "data", jobs_dir=tmp_path / "jobs", refresh_interval_s=0.0,
-                cancel_wait_s=0.0, backend_timeout_s=2.0)
+                cancel_wait_s=0.0, backend_timeout_s=2.0, max_jobs_per_principal=100)
     base.update(kw)
     return Settings(**base)
 
@@ -193,3 +195,65 @@ def rejected(api: Api, body=None, *, content=None, status=422) -> list[dict]:
 def fields(detail: list[dict]) -> dict[str, object]:
     """{dotted field: bad value} of a 422 body."""
     return {e.get("field") or ".".join(map(str, e["loc"][1:])): e["input"] for e in detail}
+
+
+# ---- the spec model's numeric fields and their bounds ------------------------------------------
+
+
+def numeric_fields(model=None, prefix=""):
+    """(dotted name, FieldInfo) of every int/float field of the job spec (lists and tuples aside)."""
+    from pydantic import BaseModel
+
+    from slwtune.spec import JobSpec
+
+    for name, info in (model or JobSpec).model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from numeric_fields(ann, f"{prefix}{name}.")
+            continue
+        if getattr(ann, "__origin__", None) is tuple:
+            continue
+        kinds = {a for a in (getattr(ann, "__args__", None) or (ann,)) if a is not type(None)}
+        if kinds and kinds <= {int, float}:
+            yield f"{prefix}{name}", info
+
+
+def bounds(info) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
+    """(("[" or "(", lower), ("]" or ")", upper)) of a field, None where it has no bound."""
+    import annotated_types as at
+
+    lo = hi = None
+    for m in info.metadata:
+        if isinstance(m, at.Ge):
+            lo = ("[", m.ge)
+        elif isinstance(m, at.Gt):
+            lo = ("(", m.gt)
+        elif isinstance(m, at.Le):
+            hi = ("]", m.le)
+        elif isinstance(m, at.Lt):
+            hi = (")", m.lt)
+    return lo, hi
+
+
+def _num(v) -> str:
+    if isinstance(v, int) and v >= 10**6 and str(v).rstrip("0") == "1":
+        return f"1e{len(str(v)) - 1}"
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def doc_range(info) -> str:
+    """A field's range as the README writes it: [1, 256], (0, 1], [0, 1e7]."""
+    (open_, lo), (close, hi) = bounds(info)
+    return f"{open_}{_num(lo)}, {_num(hi)}{close}"
+
+
+def out_of_range(info) -> list:
+    """Values just outside a field's range, far outside it, and not numbers at all."""
+    (open_, lo), (close, hi) = bounds(info)
+    is_int = info.annotation in (int, int | None)
+    below = lo if open_ == "(" else (lo - 1 if is_int else lo - 1e-3)
+    above = hi if close == ")" else (hi + 1 if is_int else hi * 1.5)
+    values = [below, above, 1e300, -1e300, "NaN", "Infinity", "-Infinity", "many", [1], {"v": 1}]
+    if not info.is_required() and info.default is not None:
+        values.append(None)  # a field that is not optional must not take null either
+    return values

@@ -35,3 +35,20 @@ class JobFinished(Conflict):
     def __init__(self, state: str):
         self.state = state
         super().__init__(f"the job already {state}" if state != "cancelled" else "the job is already cancelled")
+
+
+class IdempotencyInProgress(Conflict):
+    """The first request with this Idempotency-Key has not finished submitting: retry shortly.
+
+    Its job may still fail to reach Ray and be undone, so its id is not given out yet.
+    """
+
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being submitted; retry shortly")
+
+
+class QuotaExceeded(Exception):
+    """A principal would hold more than this service allows at once (429); the message names the
+    limit, its setting and the value."""

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slwtune.spec import PRESET_NAME, PRESET_NAME_MAX
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobPhase = Literal["probing", "selecting", "full_run"]
 
@@ -24,7 +26,8 @@ class JobCreate(BaseModel):
     )
 
     spec: dict[str, Any] | None = Field(None, description="a full job spec (see GET /v1/search-spaces/{name})")
-    preset: str | None = Field(None, min_length=1, max_length=128, description="a search-space preset name")
+    preset: str | None = Field(None, min_length=1, max_length=PRESET_NAME_MAX, pattern=PRESET_NAME.pattern,
+                               description="a search-space preset name (GET /v1/search-spaces)")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description='{"dotted.key": value} applied to the spec or preset')
 

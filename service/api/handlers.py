@@ -1,7 +1,7 @@
 """Every error the routes let through, mapped to its status code once, and the bodies they get.
 
 SpecError -> 422 (every bad field and value), NotFound -> 404, Conflict -> 409,
-BackendUnavailable -> 503 (with Retry-After), BackendError -> 502. `ERRORS` and
+QuotaExceeded -> 429, BackendUnavailable -> 503 (with Retry-After), BackendError -> 502. `ERRORS` and
 `BACKEND_ERRORS` document the same codes in the OpenAPI schema.
 """
 
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from slwtune.errors import SpecError
 
 from service.backends import BackendError, BackendUnavailable
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, QuotaExceeded
 from service.schemas import Message
 
 ERRORS = {
@@ -75,7 +75,12 @@ async def not_found(request: Request, exc: NotFound) -> JSONResponse:
 
 
 async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-    return _reply(request, 409, str(exc))
+    retry = getattr(exc, "retry_after_s", None)
+    return _reply(request, 409, str(exc), {"Retry-After": str(retry)} if retry else None)
+
+
+async def quota_exceeded(request: Request, exc: QuotaExceeded) -> JSONResponse:
+    return _reply(request, 429, str(exc))
 
 
 async def backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
@@ -91,5 +96,6 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, spec_error)
     app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(Conflict, conflict)
+    app.add_exception_handler(QuotaExceeded, quota_exceeded)
     app.add_exception_handler(BackendUnavailable, backend_unavailable)
     app.add_exception_handler(BackendError, backend_error)

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from slwtune.spec import JobSpec
 
 from service.backends import BackendError, Backends, BackendUnavailable
-from service.db import JobRow, utcnow
-from service.errors import IdempotencyConflict
+from service.db import TERMINAL_STATES, JobRow, utcnow
+from service.errors import IdempotencyConflict, IdempotencyInProgress, QuotaExceeded
 from service.jobs.validation import request_hash, resolve_spec
 from service.ray_jobs import RayJobs
 from service.schemas import JobCreate
@@ -30,10 +30,6 @@ log = logging.getLogger("slwtune.service")
 
 def new_job_id() -> str:
     return "slw-" + uuid.uuid4().hex[:20]
-
-
-def tracking_uri_of(spec: JobSpec, settings: Settings) -> str:
-    return spec.tracking.tracking_uri or settings.mlflow_tracking_uri
 
 
 def spec_yaml(spec: JobSpec) -> str:
@@ -61,19 +57,58 @@ def driver_command(job_id: str, job_dir: Path, tracking_uri: str, settings: Sett
     return shlex.join(argv), runtime_env
 
 
+def peak_gpus(spec: dict) -> float:
+    """GPUs a job asks for at its peak: every concurrent probe trial's workers (the full run needs one trial's)."""
+    r, t = spec.get("resources") or {}, spec.get("tuning") or {}
+    if not r.get("use_gpu"):
+        return 0.0
+    return r.get("num_workers", 1) * r.get("gpus_per_worker", 1.0) * t.get("max_concurrent_trials", 1)
+
+
+def check_quota(session: Session, principal: str, settings: Settings, new: dict | None) -> None:
+    """QuotaExceeded if the principal's unfinished jobs (plus `new`, when not inserted yet) exceed a limit."""
+    specs = list(session.scalars(select(JobRow.spec).where(JobRow.principal == principal,
+                                                          JobRow.state.not_in(TERMINAL_STATES))))
+    if new is not None:
+        specs.append(new)
+    if len(specs) > settings.max_jobs_per_principal:
+        raise QuotaExceeded(f"{principal} would have {len(specs)} unfinished jobs; this service allows "
+                            f"{settings.max_jobs_per_principal} per principal (SLWTUNE_MAX_JOBS_PER_PRINCIPAL)")
+    gpus = sum(peak_gpus(s) for s in specs)
+    if gpus > settings.max_gpus_per_principal:
+        raise QuotaExceeded(f"{principal}'s unfinished jobs would ask for {gpus:g} GPUs; this service allows "
+                            f"{settings.max_gpus_per_principal:g} per principal (SLWTUNE_MAX_GPUS_PER_PRINCIPAL)")
+
+
 def _find_by_key(session: Session, principal: str, key: str) -> JobRow | None:
     return session.scalar(select(JobRow).where(JobRow.principal == principal, JobRow.idempotency_key == key))
 
 
-def _replay(row: JobRow, digest: str) -> JobRow:
+def _replay(row: JobRow | None, digest: str) -> JobRow:
+    """The job an earlier request with this key made, once it is real: submitted to Ray, or ended.
+
+    A row still being submitted may yet be undone (its Ray submit can fail), so its id is not
+    given out; None: the earlier request was undone just now. Either way the client retries.
+    """
+    if row is None:
+        raise IdempotencyInProgress()
     if row.request_hash != digest:
         raise IdempotencyConflict("this Idempotency-Key was used for a different job spec")
+    if row.ray_submission_id is None and not row.terminal:
+        raise IdempotencyInProgress()
     return row
+
+
+def _undo(session: Session, row: JobRow, job_dir: Path) -> None:
+    session.delete(row)
+    session.commit()
+    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def submit(session: Session, b: Backends, principal: str, body: JobCreate,
            idempotency_key: str | None) -> tuple[JobRow, bool]:
-    """Validate, check idempotency and the backends, insert `queued`, submit to Ray. Returns (row, replayed).
+    """Validate, check idempotency, the quota and the backends, insert `queued`, submit to Ray.
+    Returns (row, replayed).
 
     A failure at any step leaves the registry (and the jobs folder) as it was.
     """
@@ -82,8 +117,9 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     digest = request_hash(spec)
     if idempotency_key and (existing := _find_by_key(session, principal, idempotency_key)):
         return _replay(existing, digest), True
+    check_quota(session, principal, settings, spec.to_dict())  # early, before waiting on the backends
 
-    uri = tracking_uri_of(spec, settings)
+    uri = settings.mlflow_tracking_uri
     # A backend that answered within the last moments is taken as up; if it went down since,
     # the submit below fails and is undone just the same.
     with b.timer.measure("ray"):
@@ -105,10 +141,15 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     except IntegrityError:  # the same key, submitted concurrently, won the insert
         session.rollback()
         shutil.rmtree(job_dir, ignore_errors=True)
-        existing = _find_by_key(session, principal, idempotency_key or "")
-        if existing is None:
+        if not idempotency_key:
             raise
-        return _replay(existing, digest), True
+        return _replay(_find_by_key(session, principal, idempotency_key), digest), True
+    try:
+        # Again with this job in: two requests that both passed the early check cannot both stay.
+        check_quota(session, principal, settings, None)
+    except QuotaExceeded:
+        _undo(session, row, job_dir)
+        raise
 
     entrypoint, runtime_env = driver_command(job_id, job_dir, uri, settings)
     try:
@@ -116,9 +157,7 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
             b.ray.submit(job_id, entrypoint, runtime_env=runtime_env,
                          metadata={"slwtune_job_id": job_id, "slwtune_principal": principal})
     except (BackendUnavailable, BackendError):
-        session.delete(row)
-        session.commit()
-        shutil.rmtree(job_dir, ignore_errors=True)
+        _undo(session, row, job_dir)
         _stop_quietly(b.ray, job_id)  # a timed-out submit may still have reached Ray
         raise
     row.ray_submission_id = job_id

@@ -35,3 +35,12 @@ def test_backend_errors_become_503_with_retry_after_and_502(api):
     r = api.call("GET", logs)
     assert r.status_code == 502 and "retry-after" not in r.headers
     assert r.json() == {"detail": "Ray refused the request: logs: no such file (test)"}
+
+
+def test_cors_is_closed(api):
+    """No CORS middleware: a page on another origin cannot read the API's answers with a user's token."""
+    pre = api.client.options("/v1/jobs", headers={"Origin": "https://evil.example",
+                                                  "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in pre.headers
+    got = api.call("GET", "/v1/jobs", headers={"Origin": "https://evil.example"})
+    assert got.status_code == 200 and "access-control-allow-origin" not in got.headers

@@ -29,11 +29,17 @@ from service.settings import Settings
 
 CREATE_RESPONSES = {
     200: {"model": JobDetail, "description": "replay of an earlier request with this Idempotency-Key"},
-    409: {"model": Message, "description": "Idempotency-Key reused for a different spec"},
+    400: {"model": Message, "description": "the body cannot be parsed at all"},
+    409: {"model": Message, "description": "Idempotency-Key reused for a different spec, or its first request "
+                                           "still being submitted (retry after Retry-After)"},
     413: {"model": Message, "description": "request body too large"},
-    422: {"model": ValidationProblems, "description": "invalid spec: every bad field and value"},
+    422: {"model": ValidationProblems, "description": "invalid spec, or over a per-job limit of this service: "
+                                                      "every bad field and value"},
+    429: {"model": Message, "description": "over a per-principal limit (unfinished jobs, GPUs held): "
+                                           "the limit and the value"},
     **ERRORS, **BACKEND_ERRORS,
 }
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255)]
 CANCEL_RESPONSES = {409: {"model": Message, "description": "the job already ended"}, **ERRORS, **BACKEND_ERRORS}
 
 
@@ -61,8 +67,7 @@ def router(settings: Settings) -> APIRouter:
 
     @r.post("", response_model=JobDetail, status_code=status.HTTP_201_CREATED, responses=CREATE_RESPONSES)
     async def create_job(body: JobCreate, principal: CurrentPrincipal, session: SessionDep, b: BackendsDep,
-                         response: Response,
-                         idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobDetail:
+                         response: Response, idempotency_key: IdempotencyKey = None) -> JobDetail:
         """Submit a job: a full `spec`, or a `preset` with dotted-key `overrides`."""
         row, replayed = await run_in_threadpool(submission.submit, session, b, principal, body, idempotency_key)
         _timing(response, b)

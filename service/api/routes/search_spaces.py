@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, HTTPException
 
 from slwtune.errors import SpecError
-from slwtune.spec import list_presets, load_spec
+from slwtune.spec import list_presets, parse_spec, preset_data
 
 from service.api.deps import CurrentPrincipal
 from service.api.handlers import ERRORS
@@ -27,7 +27,7 @@ def router(settings: Settings) -> APIRouter:
         data = []
         for name in list_presets():
             try:
-                spec = load_spec(name)
+                spec = parse_spec(preset_data(name))
             except SpecError as exc:  # a broken preset file must not hide the others
                 log.warning("preset %s is invalid: %s", name, exc)
                 continue
@@ -41,7 +41,7 @@ def router(settings: Settings) -> APIRouter:
         if name not in list_presets():
             raise SearchSpaceNotFound(name)
         try:
-            spec = load_spec(name)
+            spec = parse_spec(preset_data(name))
         except SpecError as exc:  # the server's own file is broken: not the caller's mistake
             raise HTTPException(500, detail=f"preset {name!r} is invalid: {exc}") from None
         return SearchSpacePublic(name=name, spec=spec.to_dict())

@@ -50,9 +50,15 @@ def test_data_paths_must_resolve_inside_the_data_root(api, tmp_path, dataset_in,
     assert fields(rejected(api, {"spec": {"data": {"path": path}}})) == {"data.path": path}
 
 
-def test_data_path_must_exist(api):
+def test_data_path_must_exist_after_resolving_links(api, dataset_in):
     detail = rejected(api, {"spec": {"data": {"path": "no-such-set"}}})
     assert fields(detail) == {"data.path": "no-such-set"} and "no such dataset folder" in detail[0]["msg"]
+    (api.settings.data_root / "dangling").symlink_to(api.settings.data_root / "gone")
+    assert fields(rejected(api, {"spec": {"data": {"path": "dangling"}}})) == {"data.path": "dangling"}
+    dataset_in(api.settings.data_root / "sets" / "corpus")
+    (api.settings.data_root / "current").symlink_to(api.settings.data_root / "sets" / "corpus")
+    job = api.submit({"spec": {"data": {"path": "current"}}})  # a link inside the root: stored resolved
+    assert job["spec"]["data"]["path"] == str((api.settings.data_root / "sets" / "corpus").resolve())
 
 
 @pytest.mark.parametrize("break_it,why", [
@@ -70,13 +76,6 @@ def test_data_path_must_be_a_prepared_dataset(api, dataset_in, outside_yaml, bre
     detail = rejected(api, {"spec": {"data": {"path": "set"}}})
     assert fields(detail) == {"data.path": "set"} and why in detail[0]["msg"]
     assert SECRET not in str(detail)
-
-
-def test_a_prepared_dataset_inside_the_root_is_stored_absolute(api, dataset_in):
-    dataset_in(api.settings.data_root / "sets" / "corpus")
-    (api.settings.data_root / "current").symlink_to(api.settings.data_root / "sets" / "corpus")
-    job = api.submit({"spec": {"data": {"path": "current"}}})
-    assert job["spec"]["data"]["path"] == str((api.settings.data_root / "sets" / "corpus").resolve())
 
 
 @pytest.mark.parametrize("path,status", [("builtin:shakespeare", 201), ("builtin:wikipedia", 422),
@@ -151,13 +150,9 @@ def test_backend_uris_are_refused_over_rest_naming_the_field(api, field, value):
         detail = rejected(api, body)
         assert fields(detail) == {field: value} and "set by the server" in detail[0]["msg"]
     assert api.mlflow.health_checked == []  # the API never called the caller's URI
-
-
-def test_the_server_decides_the_tracking_uri(api):
-    job = api.submit()
+    job = api.submit()  # without them: the server's tracking server, checked and handed to the driver
     assert api.ray.jobs[job["id"]]["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == api.settings.mlflow_tracking_uri
     assert api.mlflow.health_checked == [api.settings.mlflow_tracking_uri]
-    assert job["spec"]["tracking"]["tracking_uri"] is None and job["spec"]["tuning"]["optuna_storage"] is None
 
 
 # ---- per-job limits of this service (422 naming the field, the limit and its setting) ---------------

@@ -17,7 +17,11 @@ from typing import Any
 
 from slwtune import metrics as M
 
-from service.ray_jobs import BackendError, BackendUnavailable
+from service.backends import BackendError, BackendUnavailable
+
+
+# MLflow's own run statuses
+RUNNING, KILLED = "RUNNING", "KILLED"
 
 
 @dataclass
@@ -27,7 +31,7 @@ class ParentRun:
     status: str
     phase: str | None
     progress: str | None
-    verdict: str | None  # chosen | none_stable, once the selection is done
+    verdict: str | None  # M.CHOSEN | M.NONE_STABLE, once the selection is done
     chosen: dict[str, int] | None
 
 
@@ -36,6 +40,11 @@ def _int(value: Any) -> int | None:
         return int(float(value))
     except (TypeError, ValueError):
         return None
+
+
+def _knob(run, name: str) -> int | None:
+    """A probe's knob: logged as a param (the flattened spec key) and as a tag of the same name."""
+    return _int(run.data.params.get(name, run.data.tags.get(name)))
 
 
 def _when(ms: int | None) -> datetime | None:
@@ -118,8 +127,8 @@ class MlflowReader:
             if exp is None:
                 return None
             # The job id is ours (hex), safe inside the filter string.
-            runs = self._call(uri, "search runs", client.search_runs, [exp.experiment_id],
-                              filter_string=f"tags.`{M.TAG_JOB_ID}` = '{job_id}' and tags.`{M.TAG_KIND}` = 'job'",
+            query = f"tags.`{M.TAG_JOB_ID}` = '{job_id}' and tags.`{M.TAG_KIND}` = '{M.KIND_JOB}'"
+            runs = self._call(uri, "search runs", client.search_runs, [exp.experiment_id], filter_string=query,
                               max_results=1)
             run = runs[0] if runs else None
         if run is None:
@@ -137,21 +146,21 @@ class MlflowReader:
         """The parent's child runs (probes, then the full run), oldest first, as TrialPublic fields."""
         client = self._client(uri)
         runs = self._call(uri, "search runs", client.search_runs, [experiment_id],
-                          filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                          filter_string=f"tags.`{M.TAG_PARENT}` = '{parent_run_id}'",
                           order_by=["attributes.start_time ASC"], max_results=1000) or []
         out = []
         for run in runs:
-            tags, params = run.data.tags, run.data.params
+            tags = run.data.tags
             out.append({
                 "run_id": run.info.run_id,
                 "name": run.info.run_name,
                 "kind": tags.get(M.TAG_KIND),
                 "status": run.info.status,
                 "round": _int(tags.get(M.TAG_ROUND)),
-                "start_length": _int(params.get("slw.start_length", tags.get("slw.start_length"))),
-                "duration_steps": _int(params.get("slw.duration_steps", tags.get("slw.duration_steps"))),
+                "start_length": _knob(run, M.TAG_START_LENGTH),
+                "duration_steps": _knob(run, M.TAG_DURATION_STEPS),
                 "verdict": tags.get(M.TAG_VERDICT),
-                "reason": None if tags.get(M.TAG_REASON) in (None, "-") else tags.get(M.TAG_REASON),
+                "reason": None if tags.get(M.TAG_REASON) in (None, M.NO_REASON) else tags.get(M.TAG_REASON),
                 "metrics": dict(run.data.metrics),
                 "started_at": _when(run.info.start_time),
                 "ended_at": _when(run.info.end_time),
@@ -161,11 +170,11 @@ class MlflowReader:
     def mark_killed(self, uri: str, experiment_id: str, parent_run_id: str) -> None:
         """End the parent run and its still-running children as KILLED (the one write: after a cancel)."""
         client = self._client(uri)
-        children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id) if t["status"] == "RUNNING"]
+        children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id) if t["status"] == RUNNING]
         for run_id in [parent_run_id, *children]:
             run = self._call(uri, "get run", client.get_run, run_id)
-            if run is not None and run.info.status == "RUNNING":
-                self._call(uri, "end run", client.set_terminated, run_id, status="KILLED")
+            if run is not None and run.info.status == RUNNING:
+                self._call(uri, "end run", client.set_terminated, run_id, status=KILLED)
 
     def run_link(self, base: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
         if not (base and experiment_id and run_id):

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from service.backends import BackendError, BackendUnavailable
+
 # Ray job status -> registry state (a driver exit 2, "nothing stable", is a FAILED job in Ray too).
 RAY_TO_STATE = {
     "PENDING": "queued",
@@ -21,40 +23,6 @@ RAY_TO_STATE = {
     "FAILED": "failed",
     "STOPPED": "cancelled",
 }
-
-
-class BackendUnavailable(Exception):
-    """Ray or MLflow cannot be reached (or refused our credentials)."""
-
-    def __init__(self, backend: str, message: str):
-        self.backend = backend
-        super().__init__(f"{backend} is unavailable: {message}")
-
-
-class BackendError(Exception):
-    """Ray or MLflow answered, but refused the request."""
-
-    def __init__(self, backend: str, message: str):
-        self.backend = backend
-        super().__init__(f"{backend} refused the request: {message}")
-
-
-class BackendTimer:
-    """Seconds spent waiting on each backend during one request (for the Server-Timing header)."""
-
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
-
-    @contextmanager
-    def measure(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t0
-
-    def header(self) -> str:
-        return ", ".join(f"{name};dur={secs * 1000:.2f}" for name, secs in self.spent.items())
 
 
 @dataclass

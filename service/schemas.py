@@ -8,8 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slwtune import metrics as M
+from slwtune.spec import PRESET_NAME, PRESET_NAME_MAX
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobPhase = Literal["probing", "selecting", "full_run"]
+JobPhase = Literal[M.PHASE_PROBING, M.PHASE_SELECTING, M.PHASE_FULL_RUN]  # the driver's, less its final `done`
 
 
 class JobCreate(BaseModel):
@@ -24,7 +27,8 @@ class JobCreate(BaseModel):
     )
 
     spec: dict[str, Any] | None = Field(None, description="a full job spec (see GET /v1/search-spaces/{name})")
-    preset: str | None = Field(None, min_length=1, max_length=128, description="a search-space preset name")
+    preset: str | None = Field(None, min_length=1, max_length=PRESET_NAME_MAX, pattern=PRESET_NAME.pattern,
+                               description="a search-space preset name (GET /v1/search-spaces)")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description='{"dotted.key": value} applied to the spec or preset')
 
@@ -81,12 +85,12 @@ class TrialPublic(BaseModel):
 
     run_id: str
     name: str | None = None
-    kind: str | None = Field(None, description="probe | full_run")
+    kind: str | None = Field(None, description=f"{M.KIND_PROBE} | {M.KIND_FULL_RUN}")
     status: str = Field(description="the MLflow run status (RUNNING, FINISHED, FAILED, KILLED)")
     round: int | None = None
     start_length: int | None = None
     duration_steps: int | None = None
-    verdict: str | None = Field(None, description="stable | fluctuating | diverged | failed")
+    verdict: str | None = Field(None, description=" | ".join(M.VERDICTS))
     reason: str | None = None
     metrics: dict[str, float | None] = Field(default_factory=dict, description="last value of each metric")
     started_at: datetime | None = None

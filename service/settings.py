@@ -11,8 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+TOKENS_FORMAT = ("principal:token[,principal:token...], each token 16+ characters, e.g. "
+                 "SLWTUNE_API_TOKENS=ops:$(openssl rand -hex 32)")
 
 
 def parse_tokens(text: str) -> dict[str, SecretStr]:
@@ -36,7 +40,7 @@ def parse_tokens(text: str) -> dict[str, SecretStr]:
         seen.add(token)
         out[principal] = SecretStr(token)
     if not out:
-        raise ValueError("SLWTUNE_API_TOKENS names no principal (expected principal:token,...)")
+        raise ValueError("SLWTUNE_API_TOKENS names no principal")
     return out
 
 
@@ -75,8 +79,17 @@ class Settings(BaseSettings):
         default_factory=lambda: ["SLWTUNE_STORAGE", "SLWTUNE_CACHE_DIR", "SLWTUNE_PRESETS_DIR", "HF_HOME"],
         description="variables of this process passed on to the driver when set (comma separated)")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="larger request bodies get 413")
+    # Per job (422 naming the field): what one job may ask of the cluster.
     max_trials: int = Field(200, gt=0, description="most probe trials one job may plan")
     max_train_tokens: int = Field(1_000_000_000_000, gt=0, description="largest budget.train_tokens accepted")
+    max_workers: int = Field(64, gt=0, description="largest resources.num_workers accepted")
+    max_cpus_per_worker: float = Field(32.0, gt=0.0, description="largest resources.cpus_per_worker accepted")
+    max_gpus_per_worker: float = Field(8.0, ge=0.0, description="largest resources.gpus_per_worker accepted")
+    # Per principal (429): what one caller may hold at once, over its unfinished jobs.
+    max_jobs_per_principal: int = Field(10, gt=0, description="unfinished jobs one principal may have")
+    max_gpus_per_principal: float = Field(
+        64.0, ge=0.0, description="GPUs one principal's unfinished jobs may ask for at their peak "
+                                  "(num_workers x gpus_per_worker x max_concurrent_trials when use_gpu)")
     max_page_size: int = Field(200, gt=0)
     refresh_interval_s: float = Field(
         3.0, ge=0.0,
@@ -113,4 +126,16 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of a starting API process; a bad environment stops it with one line per problem
+    (and, for the token list, the expected format), never a traceback or a secret."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            key = str(err["loc"][0]) if err["loc"] else ""
+            name = key if key.isupper() else f"SLWTUNE_{key.upper()}"  # aliases are spelled in full
+            lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+            if name == "SLWTUNE_API_TOKENS":
+                lines.append(f"    expected {TOKENS_FORMAT}")
+        raise SystemExit("slwtune service: invalid settings\n" + "\n".join(lines)) from None

@@ -68,6 +68,7 @@ RUN_FAILED_VERDICTS = (DIVERGED, FAILED)
 # MLflow tags
 TAG_VERDICT = "slwtune.verdict"
 TAG_REASON = "slwtune.reason"
+NO_REASON = "-"                  # the reason tag's value when there is none to give
 TAG_PHASE = "slwtune.phase"
 TAG_KIND = "slwtune.kind"        # job | probe | full_run | train
 TAG_JOB_ID = "slwtune.job_id"

@@ -233,3 +233,13 @@ def format_simulation(sim: dict) -> str:
                  f"{sim['tuning_fraction']:.2%} of the full run ({sim['net_tuning_fraction']:.2%} net of the reused "
                  f"winning probe)")
     return "\n".join(lines)
+
+
+def planned_trials(spec: JobSpec) -> int:
+    """Upper bound of the probe trials a spec may run (the paper search repeats per start length)."""
+    from slwtune.tuning.strategies import start_length_choices
+
+    _, trials, _ = planned_probes(spec)
+    if spec.tuning.strategy == "paper":
+        trials *= max(1, len(start_length_choices(spec.slw.start_length, spec.tuning.max_start_length)))
+    return trials + int(spec.tuning.control_probe)

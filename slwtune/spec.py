@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,11 +43,11 @@ class ModelSpec(_Section):
     hf_path: str | None = Field(None, description="hf: a local folder with config.json (weights are not loaded)")
     hf_config: dict[str, Any] = Field(default_factory=dict, description="hf: config fields by their HF names")
     preset: str = Field("tiny", description="model preset name (gpt2-117m, gpt3-125m, tiny, ...)")
-    n_layer: int | None = Field(None, gt=0)
-    n_head: int | None = Field(None, gt=0)
-    n_embd: int | None = Field(None, gt=0)
-    context_length: int | None = Field(None, gt=0, description="maximum sequence length")
-    vocab_size: int | None = Field(None, gt=0, description="defaults to the dataset's vocabulary")
+    n_layer: int | None = Field(None, ge=1, le=256)
+    n_head: int | None = Field(None, ge=1, le=256)
+    n_embd: int | None = Field(None, ge=1, le=65_536)
+    context_length: int | None = Field(None, ge=1, le=131_072, description="maximum sequence length")
+    vocab_size: int | None = Field(None, ge=1, le=1_048_576, description="defaults to the dataset's vocabulary")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
 
@@ -67,26 +68,26 @@ class DataSpec(_Section):
         description="a prepared dataset dir (`slwtune data prepare`) or builtin:shakespeare",
     )
     tokenizer: Tokenizer = Field("bpe", description="used when a builtin dataset is prepared")
-    vocab_size: int = Field(4096, ge=256, le=2**32, description="BPE vocabulary for builtin data")
-    batch_size: int = Field(16, gt=0, description="global batch, in full-length sequences")
+    vocab_size: int = Field(4096, ge=256, le=1_048_576, description="BPE vocabulary for builtin data")
+    batch_size: int = Field(16, ge=1, le=65_536, description="global batch, in full-length sequences")
     micro_batch_size: int | None = Field(
-        None, gt=0, description="rows per forward per worker; the rest is gradient accumulation"
+        None, ge=1, le=65_536, description="rows per forward per worker; the rest is gradient accumulation"
     )
 
 
 class OptimSpec(_Section):
     """AdamW with step-based LR warmup and token-based decay (slw-spec section 4)."""
 
-    lr: float = Field(1e-3, gt=0.0)
-    min_lr: float = Field(1e-5, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    min_lr: float = Field(1e-5, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0.0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
-    lr_warmup_steps: int = Field(100, ge=0)
+    eps: float = Field(1e-8, gt=0.0, le=1e-3)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, le=100.0, description="0 disables clipping")
+    lr_warmup_steps: int = Field(100, ge=0, le=10_000_000)
     decay: Decay = "cosine"
     decay_tokens: int | None = Field(
-        None, gt=0, description="tokens at which decay reaches min_lr; default budget.train_tokens"
+        None, ge=1, le=10**14, description="tokens at which decay reaches min_lr; default budget.train_tokens"
     )
 
 
@@ -94,35 +95,35 @@ class SlwSpec(_Section):
     """Sequence Length Warmup (slw-spec section 2 and 3)."""
 
     enabled: bool = True
-    start_length: int = Field(8, gt=0, description="s: the first sequence length")
-    full_length: int = Field(128, gt=0, description="e: the full sequence length")
-    duration_steps: int = Field(200, gt=0, description="T: steps to grow from s to e")
-    step_size: int = Field(8, gt=0, description="k: lengths are multiples of this")
+    start_length: int = Field(8, ge=1, le=131_072, description="s: the first sequence length")
+    full_length: int = Field(128, ge=1, le=131_072, description="e: the full sequence length")
+    duration_steps: int = Field(200, ge=1, le=10_000_000, description="T: steps to grow from s to e")
+    step_size: int = Field(8, ge=1, le=1024, description="k: lengths are multiples of this")
     pacing: Pacing = "fixed_linear"
-    root_degree: float = Field(2.0, ge=1.0, description="r for fixed_root")
-    discrete_lengths: list[int] | None = None
-    discrete_max_steps: list[int] | None = None
+    root_degree: float = Field(2.0, ge=1.0, le=16.0, description="r for fixed_root")
+    discrete_lengths: list[Annotated[int, Field(ge=1, le=131_072)]] | None = Field(None, max_length=1024)
+    discrete_max_steps: list[Annotated[int, Field(ge=1, le=10_000_000)]] | None = Field(None, max_length=1024)
     mode: SlwMode = Field("truncate", description="truncate (the paper) or reshape (no token dropped)")
 
 
 class BudgetSpec(_Section):
     """How long the full run trains."""
 
-    train_tokens: int = Field(1_000_000, gt=0, description="the full run stops at this many tokens")
+    train_tokens: int = Field(1_000_000, ge=1, le=10**14, description="the full run stops at this many tokens")
 
 
 class RunSpec(_Section):
     """Evaluation, checkpointing and performance settings of a training run."""
 
-    eval_every_steps: int = Field(25, gt=0)
-    eval_batches: int = Field(4, gt=0)
-    eval_batch_size: int | None = Field(None, gt=0, description="default: data.batch_size")
-    log_every_steps: int = Field(5, gt=0)
-    stats_every_steps: int = Field(10, gt=0, description="Adam variance stats (one host sync)")
-    checkpoint_every_steps: int = Field(100, gt=0)
-    keep_checkpoints: int = Field(2, gt=0, description="checkpoints a run keeps (the newest)")
-    max_failures: int = Field(2, ge=0, description="worker failures a run survives, each resumed from its "
-                                                   "last checkpoint")
+    eval_every_steps: int = Field(25, ge=1, le=10_000_000)
+    eval_batches: int = Field(4, ge=1, le=10_000)
+    eval_batch_size: int | None = Field(None, ge=1, le=65_536, description="default: data.batch_size")
+    log_every_steps: int = Field(5, ge=1, le=10_000_000)
+    stats_every_steps: int = Field(10, ge=1, le=10_000_000, description="Adam variance stats (one host sync)")
+    checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="checkpoints a run keeps (the newest)")
+    max_failures: int = Field(2, ge=0, le=100, description="worker failures a run survives, each resumed from "
+                                                            "its last checkpoint")
     compile: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -130,11 +131,12 @@ class RunSpec(_Section):
 class StabilitySpec(_Section):
     """Thresholds of the stability verdict (see `slwtune.stability`)."""
 
-    loss_ratio_max: float = Field(1.5, gt=1.0, description="train loss / min earlier loss above this: diverged")
+    loss_ratio_max: float = Field(
+        1.5, gt=1.0, le=100.0, description="train loss / min earlier loss above this: diverged")
     ppl_rise_tolerance: float = Field(
-        0.05, ge=0.0, description="val ppl above (1+tol) x best earlier: fluctuating"
+        0.05, ge=0.0, le=10.0, description="val ppl above (1+tol) x best earlier: fluctuating"
     )
-    min_steps: int = Field(0, ge=0, description="loss ratios before this step are ignored")
+    min_steps: int = Field(0, ge=0, le=10_000_000, description="loss ratios before this step are ignored")
     early_fraction: float = Field(0.25, gt=0.0, le=1.0, description="share of the probe that counts as early")
 
 
@@ -143,20 +145,23 @@ class TuningSpec(_Section):
 
     strategy: Strategy = "paper"
     probe_warmup_multiples: float = Field(
-        3.0, gt=0.0, description="probe window = this x optim.lr_warmup_steps"
+        3.0, gt=0.0, le=100.0, description="probe window = this x optim.lr_warmup_steps"
     )
-    probe_steps: int | None = Field(None, gt=0, description="explicit probe window (overrides multiples)")
-    duration_min: int = Field(50, gt=0, description="T_min of the search")
-    duration_max: int = Field(800, gt=0, description="T_max of the search")
-    resolution: int = Field(50, gt=0, description="stop when the T interval is narrower than this")
-    slots: int = Field(2, gt=0, description="probes per round of the k-ary search")
-    max_rounds: int = Field(4, gt=0)
-    max_start_length: int = Field(64, gt=0, description="doubling the start length stops here")
-    start_lengths: list[int] | None = Field(None, description="grid strategy: start lengths")
-    durations: list[int] | None = Field(None, description="grid strategy: durations T")
-    n_trials: int = Field(8, gt=0, le=1000, description="optuna strategy: number of trials")
+    probe_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="explicit probe window (overrides multiples)")
+    duration_min: int = Field(50, ge=1, le=10_000_000, description="T_min of the search")
+    duration_max: int = Field(800, ge=1, le=10_000_000, description="T_max of the search")
+    resolution: int = Field(50, ge=1, le=10_000_000, description="stop when the T interval is narrower than this")
+    slots: int = Field(2, ge=1, le=64, description="probes per round of the k-ary search")
+    max_rounds: int = Field(4, ge=1, le=32)
+    max_start_length: int = Field(64, ge=1, le=131_072, description="doubling the start length stops here")
+    start_lengths: list[Annotated[int, Field(ge=1, le=131_072)]] | None = Field(
+        None, max_length=64, description="grid strategy: start lengths")
+    durations: list[Annotated[int, Field(ge=1, le=10_000_000)]] | None = Field(
+        None, max_length=64, description="grid strategy: durations T")
+    n_trials: int = Field(8, ge=1, le=1000, description="optuna strategy: number of trials")
     optuna_storage: str | None = Field(None, description="RDB URL of the optuna study; default under the job dir")
-    max_concurrent_trials: int = Field(2, gt=0)
+    max_concurrent_trials: int = Field(2, ge=1, le=1024)
     reuse_probe_checkpoint: bool = Field(True, description="full run continues from the winning probe")
     keep_probe_checkpoints: bool = Field(False, description="keep the non-winning probes' checkpoints after "
                                                              "selection (they are deleted by default)")
@@ -169,10 +174,10 @@ class TuningSpec(_Section):
 class ResourcesSpec(_Section):
     """Ray Train workers of one trial or run."""
 
-    num_workers: int = Field(1, gt=0)
+    num_workers: int = Field(1, ge=1, le=4096)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    gpus_per_worker: float = Field(1.0, ge=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=1024.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0, le=16.0)
 
 
 class TrackingSpec(_Section):
@@ -186,7 +191,7 @@ class JobSpec(_Section):
     """One slwtune job: what to train, on what, and how to tune SLW for it."""
 
     name: str = Field("slwtune-job", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    seed: int = Field(1234, ge=0)
+    seed: int = Field(1234, ge=0, le=2**32 - 1)
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     optim: OptimSpec = OptimSpec()
@@ -442,15 +447,41 @@ def presets_dir() -> Path:
     return settings.presets_dir()
 
 
+# A preset is a name, never a path: it cannot climb out of the presets folder or name another file.
+PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+PRESET_NAME_MAX = 128
+
+
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    return sorted(p.stem for p in presets_dir().glob("*.yaml") if PRESET_NAME.match(p.stem))
+
+
+def preset_path(name: str) -> Path:
+    """The file of preset `name`, inside the presets folder after resolving links; SpecError otherwise.
+
+    The error names the preset as given and the presets there are, never anything read from a file.
+    """
+    if not isinstance(name, str) or len(name) > PRESET_NAME_MAX or not PRESET_NAME.match(name):
+        raise SpecError([{"loc": "preset", "value": name,
+                          "msg": f"a preset is a name matching {PRESET_NAME.pattern} (at most {PRESET_NAME_MAX} "
+                                 f"characters); choose one of {list_presets()}"}])
+    root = presets_dir().resolve()
+    path = (root / f"{name}.yaml").resolve()
+    if path.parent != root or not path.is_file():
+        raise SpecError([{"loc": "preset", "value": name, "msg": f"unknown preset; choose one of {list_presets()}"}])
+    return path
 
 
 def preset_data(name: str) -> dict:
-    path = presets_dir() / f"{name}.yaml"
-    if not path.is_file():
-        raise SpecError([{"loc": "preset", "value": name, "msg": f"unknown preset; choose one of {list_presets()}"}])
-    return yaml.safe_load(path.read_text()) or {}
+    """The preset's YAML as a mapping; SpecError naming the preset (never what its file holds) otherwise."""
+    path = preset_path(name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict):
+        raise SpecError([{"loc": "preset", "value": name, "msg": "the preset file is not a YAML mapping"}])
+    return data
 
 
 def load_spec(source: str | Path, overrides: list[str] | dict | None = None) -> JobSpec:

@@ -446,7 +446,7 @@ _PROBE = textwrap.dedent("""
     import json, sys
     import service.app as app_module
     from pydantic_settings import BaseSettings
-    out = {"routes": sorted({getattr(r, "path", "") for r in app_module.app.routes}), "settings": []}
+    out = {"routes": sorted(app_module.app.openapi()["paths"]), "settings": []}  # routers nest: not app.routes
     for mod in [m for n, m in sys.modules.items() if n.startswith("service.")]:
         for obj in vars(mod).values():
             if (isinstance(obj, type) and issubclass(obj, BaseSettings) and obj is not BaseSettings

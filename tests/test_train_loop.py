@@ -71,7 +71,7 @@ def test_resume_mid_warmup_reproduces_uninterrupted_run(tmp_path):
 
 
 def test_absurd_lr_diverges_with_reason():
-    spec = tiny_spec(optim__lr=1e4, optim__lr_warmup_steps=1, optim__min_lr=1.0)
+    spec = tiny_spec(optim__lr=1.0, optim__lr_warmup_steps=1, optim__min_lr=1.0)
     session = LocalSession()
     last = train_loop(spec, RunOptions(), session)
     assert last[M.VERDICT] == "diverged"
@@ -84,7 +84,7 @@ def test_absurd_lr_diverges_with_reason():
 
 
 def test_reports_are_finite_numbers():
-    spec = tiny_spec(optim__lr=1e4, optim__lr_warmup_steps=1, optim__min_lr=1.0)
+    spec = tiny_spec(optim__lr=1.0, optim__lr_warmup_steps=1, optim__min_lr=1.0)
     session = LocalSession()
     train_loop(spec, RunOptions(), session)
     for r in session.reports:

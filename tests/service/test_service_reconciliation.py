@@ -1,0 +1,109 @@
+"""service.jobs.reconciliation: reads follow Ray and MLflow; start-up and the background loop catch up."""
+
+import time
+
+import pytest
+from service_kit import Api, make_settings, parent
+
+from slwtune import metrics as M
+
+from service.jobs.reconciliation import NO_STABLE, api_phase, failure_reason
+from service.ray_jobs import RayJobInfo
+
+
+def test_read_follows_ray_and_mlflow(api):
+    job = api.submit()
+    api.ray.jobs[job["id"]]["status"] = "RUNNING"
+    api.mlflow.parents[job["id"]] = parent(job["id"])
+    got = api.call("GET", f"/v1/jobs/{job['id']}").json()
+    assert (got["state"], got["phase"], got["progress"], got["chosen"]) == ("running", "probing", "round 1", None)
+    assert got["links"]["mlflow_run"] == f"{api.settings.mlflow_tracking_uri}/#/experiments/7/runs/run-{job['id']}"
+
+    chosen = {"start_length": 16, "duration_steps": 40}
+    api.ray.jobs[job["id"]]["status"] = "SUCCEEDED"
+    api.mlflow.parents[job["id"]] = parent(job["id"], phase=M.PHASE_DONE, verdict=M.CHOSEN, chosen=chosen)
+    got = api.call("GET", f"/v1/jobs/{job['id']}").json()
+    assert (got["state"], got["phase"], got["chosen"], got["error"]) == ("succeeded", "full_run", chosen, None)
+
+
+def test_nothing_stable_is_failed_with_a_reason(api):
+    job = api.submit()
+    api.ray.jobs[job["id"]].update(status="FAILED", exit=M.EXIT_NONE_STABLE)
+    api.mlflow.parents[job["id"]] = parent(job["id"], phase=M.PHASE_DONE, verdict=M.NONE_STABLE)
+    got = api.call("GET", f"/v1/jobs/{job['id']}").json()
+    assert (got["state"], got["phase"], got["error"]) == ("failed", "selecting", NO_STABLE)
+
+
+@pytest.mark.parametrize("exit_code,verdict,expected", [
+    (M.EXIT_NONE_STABLE, None, NO_STABLE),            # the driver's exit code alone says it
+    (M.EXIT_RUN_FAILED, M.NONE_STABLE, NO_STABLE),    # the parent run's verdict alone says it
+    (M.EXIT_RUN_FAILED, M.CHOSEN, "boom"),            # the full run failed: Ray's message
+    (M.EXIT_INFRA, None, "boom"),                     # an infrastructure failure is not "nothing stable"
+])
+def test_failure_reason(exit_code, verdict, expected):
+    assert failure_reason(RayJobInfo("FAILED", "boom", exit_code), verdict) == expected
+
+
+def test_api_phase_keeps_the_last_working_phase_when_done():
+    assert api_phase(M.PHASE_PROBING, None, None) == M.PHASE_PROBING
+    assert api_phase(M.PHASE_DONE, {"start_length": 8}, M.PHASE_SELECTING) == M.PHASE_FULL_RUN
+    assert api_phase(M.PHASE_DONE, None, None) == M.PHASE_SELECTING
+    assert api_phase("unknown", None, M.PHASE_PROBING) == M.PHASE_PROBING
+
+
+def test_reads_survive_backends_being_down(api):
+    job = api.submit()
+    api.ray.down = api.mlflow.down = True
+    got = api.call("GET", f"/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.json()["state"] == "queued"
+    assert api.call("GET", f"/v1/jobs/{job['id']}/trials").status_code == 503
+    assert api.call("GET", f"/v1/jobs/{job['id']}/logs").status_code == 503
+
+
+def test_restart_reconciles_jobs_finished_while_down(tmp_path):
+    settings = make_settings(tmp_path)
+    with Api(settings) as first:
+        job = first.submit()
+        ray = first.ray
+    ray.jobs[job["id"]]["status"] = "SUCCEEDED"  # finished while no API was running
+    api = Api(settings)
+    api.app.state.ray = ray
+    with api:  # start-up reconciles before any read
+        assert api.row(job["id"]).state == "succeeded"
+
+
+def test_many_unfinished_jobs_are_reconciled_with_one_listing(tmp_path):
+    settings = make_settings(tmp_path)
+    with Api(settings) as first:
+        ids = [first.submit()["id"] for _ in range(12)]
+        ray = first.ray
+    for job_id in ids:
+        ray.jobs[job_id]["status"] = "RUNNING"
+    api = Api(settings)
+    api.app.state.ray = ray
+    with api:
+        assert {api.row(i).state for i in ids} == {"running"}
+    assert ray.listed == 1
+
+
+def test_background_reconciler_updates_without_reads(make_api):
+    with make_api(refresh_interval_s=0.2) as api:
+        job = api.submit()
+        api.ray.jobs[job["id"]]["status"] = "SUCCEEDED"
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if api.row(job["id"]).state == "succeeded":
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the reconciler did not pick up the finished job")
+
+
+def test_reads_of_a_fresh_job_do_not_wait_on_ray(make_api):
+    with make_api(refresh_interval_s=600) as api:
+        job = api.submit()
+        api.ray.down = True  # a read that asked Ray would log a warning and still answer; this one must not ask
+        reads = api.ray.status_reads
+        r = api.call("GET", f"/v1/jobs/{job['id']}")
+        assert r.status_code == 200 and "server-timing" not in r.headers
+        assert api.ray.status_reads == reads

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from slwtune import metrics as M
-from slwtune.localstack import LocalStack
+from devstack.stack import LocalStack
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -118,7 +118,7 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
         if keep_up and code == 0:
             stack.save()
             _say(f"services left running (--keep-up): Ray {stack.ray.address}, MLflow {stack.mlflow.uri}, "
-                 f"API {stack.api.url}\nstop them with: {sys.executable} -m slwtune.localstack stop {root}")
+                 f"API {stack.api.url}\nstop them with: {sys.executable} -m devstack.stack stop {root}")
         else:
             stack.stop()
 

@@ -283,7 +283,7 @@ class LocalStack:
                 service.stop()
 
     def save(self) -> Path:
-        """Record the stack's processes, so `python -m slwtune.localstack stop ROOT` can end them later."""
+        """Record the stack's processes, so `python -m devstack.stack stop ROOT` can end them later."""
         state = {"pids": [s.proc.pid for s in (self.api, self.mlflow, self.ray) if s and s.proc],
                  "marker": self.ray.marker if self.ray else None}
         path = self.root / "stack.json"
@@ -308,5 +308,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "stop":
         stop_saved(Path(sys.argv[2]))
     else:
-        print("usage: python -m slwtune.localstack stop DIR", file=sys.stderr)
+        print("usage: python -m devstack.stack stop DIR", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,68 @@
+"""The local dev stack (devstack/) sits beside the library: the library never imports it or the service."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ABOVE_THE_LIBRARY = ("service", "devstack")
+
+
+def imported_modules(tree: ast.AST, top_level_only: bool) -> list[tuple[int, str]]:
+    """(line, module) for every import in `tree`; with `top_level_only`, not those inside a function."""
+    found = []
+    nodes = ast.iter_child_nodes(tree) if top_level_only else ast.walk(tree)
+    pending = list(nodes)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+        elif top_level_only and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            pending += list(ast.iter_child_nodes(node))
+    return found
+
+
+def library_imports_of(packages: tuple[str, ...], top_level_only: bool) -> list[str]:
+    hits = []
+    for path in sorted((ROOT / "slwtune").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module in imported_modules(tree, top_level_only):
+            if module.split(".")[0] in packages:
+                hits.append(f"{path.relative_to(ROOT)}:{line}: {module}")
+    return hits
+
+
+def test_imported_modules_sees_nested_and_lazy_imports():
+    tree = ast.parse("import a\nif x:\n    from b.c import d\ndef f():\n    import service.app\n")
+    assert sorted(m for _, m in imported_modules(tree, top_level_only=False)) == ["a", "b.c", "service.app"]
+    assert sorted(m for _, m in imported_modules(tree, top_level_only=True)) == ["a", "b.c"]
+
+
+def test_library_never_imports_the_service():
+    assert library_imports_of(("service",), top_level_only=False) == []
+
+
+def test_library_imports_the_dev_stack_only_lazily_from_the_cli():
+    lazy = library_imports_of(("devstack",), top_level_only=False)
+    assert library_imports_of(ABOVE_THE_LIBRARY, top_level_only=True) == []
+    assert lazy and all(hit.startswith("slwtune/cli.py:") for hit in lazy), lazy
+
+
+def test_cli_import_loads_neither_service_nor_devstack():
+    code = ("import sys, slwtune.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'devstack')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_demo_command_runs_the_devstack_demo(monkeypatch):
+    import devstack.demo
+    from slwtune.cli import main
+
+    calls = []
+    monkeypatch.setattr(devstack.demo, "run_demo", lambda **kw: calls.append(kw) or 7)
+    assert main(["demo", "--preset", "shakespeare-tiny"]) == 7
+    assert calls == [{"keep_up": False, "preset": "shakespeare-tiny"}]

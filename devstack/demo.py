@@ -99,6 +99,8 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
             t0 = time.time()
             start()
             _say(f"   {name:14s} up in {time.time() - t0:4.1f}s")
+            if name == "Ray head":
+                _say(f"\n{stack.ray.sign_in_text()}\n")
         client = httpx.Client(base_url=stack.api.url, headers=stack.api.headers(), timeout=30)
         job = client.post("/v1/jobs", json={"preset": preset}).raise_for_status().json()
         _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api.url}/v1/jobs")
@@ -143,7 +145,8 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
                  f"{int(full.get('tokens') or 0):,} tokens")
         _say(f"report:         {report_path}")
     links = job.get("links") or {}
-    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray.address}")
+    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray.address}  "
+         "(sign in with the token shown when the Ray head started)")
     _say(f"MLflow run:     {links.get('mlflow_run') or stack.mlflow.uri}")
     _say(f"job (REST):     {stack.api.url}/v1/jobs/{job['id']}")
     return 0 if job["state"] == "succeeded" else 1

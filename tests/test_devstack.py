@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ABOVE_THE_LIBRARY = ("service", "devstack")
 
@@ -66,3 +68,29 @@ def test_demo_command_runs_the_devstack_demo(monkeypatch):
     monkeypatch.setattr(devstack.demo, "run_demo", lambda **kw: calls.append(kw) or 7)
     assert main(["demo", "--preset", "shakespeare-tiny"]) == 7
     assert calls == [{"keep_up": False, "preset": "shakespeare-tiny"}]
+
+
+# ---- the dashboard sign-in the demo prints ---------------------------------------------------
+
+
+def test_sign_in_text_shows_link_and_token_for_a_loopback_dashboard():
+    from devstack.stack import sign_in_text
+
+    text = sign_in_text("http://127.0.0.1:8265", "s3cr3t")
+    assert "http://127.0.0.1:8265/#/jobs" in text
+    assert "sign in with token: s3cr3t\n" in text
+
+
+def test_sign_in_text_refuses_a_dashboard_reachable_from_elsewhere():
+    from devstack.stack import sign_in_text
+
+    with pytest.raises(ValueError, match="10.0.0.5"):
+        sign_in_text("http://10.0.0.5:8265", "s3cr3t")
+
+
+def test_ray_head_listens_on_loopback_and_gives_its_own_token():
+    from devstack.stack import RayHead
+
+    head = RayHead(dashboard_port=8265, token="abc", temp_dir=Path("/nonexistent"))
+    assert head.address == "http://127.0.0.1:8265"
+    assert "sign in with token: abc" in head.sign_in_text()

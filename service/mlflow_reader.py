@@ -177,6 +177,9 @@ class MlflowReader:
                 self._call(uri, "end run", client.set_terminated, run_id, status=KILLED)
 
     def run_link(self, base: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
+        """The job's runs in the MLflow UI (parent and children, the columns that matter); `run_id` is the parent."""
         if not (base and experiment_id and run_id):
             return None
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        from slwtune.tracking import job_runs_link
+
+        return job_runs_link(base, experiment_id, run_id)

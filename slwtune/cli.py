@@ -107,12 +107,14 @@ def cmd_plan(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    # By module path: the library stays free of the REST layer that sits above it.
     uvicorn.run("service.app:app", host=args.host, port=args.port, log_level="info")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from slwtune.demo import run_demo
+    # The local dev stack is its own package beside the library (it knows the service's layout).
+    from devstack.demo import run_demo
 
     return run_demo(keep_up=args.keep_up, preset=args.preset)
 

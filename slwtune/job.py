@@ -116,6 +116,8 @@ class Job:
                 f"{self.spec.name}-{self.job_id}", params=self.spec.flat(),
                 tags={M.TAG_KIND: M.KIND_JOB, M.TAG_PHASE: M.PHASE_PROBING, M.TAG_JOB_ID: self.job_id,
                       M.TAG_STRATEGY: self.spec.tuning.strategy})
+            if self.parent_run_id:  # the view the job's MLflow link opens (runs flat, the columns that matter)
+                self.track("share the job's view", tracking.share_job_view, self.parent_run_id, self.job_id)
         self.save()
         restarted = f"restart {len(self.restarts)}: {self.restarts[-1]['reason']}" if self.restarts else "starting"
         self.status(phase=M.PHASE_PROBING, progress=restarted)

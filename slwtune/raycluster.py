@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 from slwtune import settings
 
@@ -36,4 +37,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                           log_to_driver=True)
+        if context.dashboard_url:
+            print(dashboard_sign_in_hint(context.dashboard_url, settings.ray_auth_mode()), file=sys.stderr)
+
+
+def dashboard_sign_in_hint(dashboard_url: str, auth_mode: str | None) -> str:
+    """One line telling the person at the terminal how to open a local Ray's dashboard.
+
+    A new local Ray turns token auth on (RAY_AUTH_MODE=token) and takes its token from
+    RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, creating the last when none
+    exists: `ray get-auth-token` reads the same places, so the token itself is never printed.
+    """
+    url = dashboard_url if "://" in dashboard_url else f"http://{dashboard_url}"
+    if (auth_mode or "").lower() != "token":
+        return f"slwtune: local Ray dashboard {url} (token auth is off: RAY_AUTH_MODE={auth_mode})"
+    return f"slwtune: local Ray dashboard {url} (token auth on: sign in with the token `ray get-auth-token` prints)"

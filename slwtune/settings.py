@@ -35,6 +35,11 @@ def ray_address() -> str | None:
     return os.environ.get("RAY_ADDRESS") or None
 
 
+def ray_auth_mode() -> str | None:
+    """Ray's client authentication mode ($RAY_AUTH_MODE, e.g. `token`), as Ray reads it."""
+    return os.environ.get("RAY_AUTH_MODE") or None
+
+
 def tracking_uri() -> str | None:
     """The MLflow tracking server: $MLFLOW_TRACKING_URI, else None (no logging)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or None

@@ -32,14 +32,22 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3.x tells GenAI experiments from model training by this tag (the UI's "Machine learning"
+# kind); untagged, some 3.x UIs open an experiment on the GenAI overview (traces, judges).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment `name`, created when missing (tolerates a concurrent create)."""
+    """The id of experiment `name`, created (tagged as model training) when missing.
+
+    Tolerates a concurrent create.
+    """
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_TAGS)
     except Exception:  # created by a concurrent process in between
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -204,3 +212,58 @@ def child_runs(uri: str, parent_run_id: str) -> list:
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               order_by=["attributes.start_time ASC"], max_results=1000)
     return list(runs)
+
+
+# ---- where a person opens runs in the MLflow UI ---------------------------------------------
+# MLflow 3.17's UI reads the workflow ("genai" or "machine_learning") from the URL, else from the
+# browser, and defaults to GenAI, whatever the experiment's tags say: links carry it. Its runs
+# table takes filter and sort from the URL but columns only from a "shared view", an experiment
+# tag `mlflow.sharedViewState.<key>` that `?viewStateShareKey=<key>` opens (URL filters would
+# switch that view off, so the job's filter lives inside it).
+UI_WORKFLOW = "workflowType=machine_learning"
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+# Few enough to fit beside the run names. The knobs as params (the spec's field paths): every
+# run of a job has them, the full run too.
+JOB_VIEW_COLUMNS = (f"tags.`{M.TAG_VERDICT}`", "params.`slw.start_length`", "params.`slw.duration_steps`",
+                    f"metrics.`{M.VAL_PPL}`")
+
+
+def job_view_key(parent_run_id: str) -> str:
+    return f"slwtune-job-{parent_run_id}"
+
+
+def job_view(job_id: str) -> dict[str, Any]:
+    """The runs table for one job: its parent and every child, flat, best val ppl first.
+
+    Any order but the creation date lists the runs flat instead of children folded under a
+    collapsed parent; runs without val ppl (the parent, crashed probes) come last.
+    """
+    return {"searchFilter": f"tags.`{M.TAG_JOB_ID}` = '{job_id}'", "orderByKey": f"metrics.`{M.VAL_PPL}`",
+            "orderByAsc": True, "selectedColumns": list(JOB_VIEW_COLUMNS)}
+
+
+def share_job_view(uri: str, parent_run_id: str, job_id: str) -> None:
+    """Store the job's runs view on its experiment, for `job_runs_link`."""
+    import json
+
+    client = _client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + job_view_key(parent_run_id),
+                              json.dumps(job_view(job_id)))
+
+
+def job_runs_link(base: str, experiment_id: str, parent_run_id: str) -> str:
+    """The MLflow UI page of a job: its runs as `share_job_view` stored them, in model-training mode."""
+    return (f"{base}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW}"
+            f"&viewStateShareKey={job_view_key(parent_run_id)}")
+
+
+def run_ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to open one run: its UI link on a tracking server, else the command that serves the store."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow run: {uri.rstrip('/')}/{page}"
+    import shlex
+
+    return (f"MLflow run {run_id}: open the store with `mlflow ui --backend-store-uri {shlex.quote(uri)}`, "
+            f"then http://127.0.0.1:5000/{page}")

@@ -102,8 +102,8 @@ def train(spec: JobSpec, *, address: str | None = None, storage: str | None = No
     if uri:
         run_id = tracking.create_run(uri, tracking.experiment_name(spec), name,
                                      tags={M.TAG_KIND: M.KIND_TRAIN}, params=spec.flat())
-        print(f"MLflow run: {uri}/#/experiments/{tracking.ensure_experiment(uri, tracking.experiment_name(spec))}"
-              f"/runs/{run_id}", flush=True)
+        print(tracking.run_ui_hint(uri, tracking.ensure_experiment(uri, tracking.experiment_name(spec)), run_id),
+              flush=True)
     options = RunOptions(mlflow_uri=uri, mlflow_run_id=run_id, progress=progress)
     summary = fit_and_summarize(make_trainer(spec, options, name, storage or default_storage()))
     if uri:

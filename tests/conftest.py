@@ -14,13 +14,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # ---- end-to-end services: ray_head, mlflow_server, api_server -------------------------------
 # Real services for the end-to-end tests, started only when a test asks for them, on free
-# localhost ports (see slwtune.localstack: token auth stays on, and no `ray stop` touches other
+# localhost ports (see devstack.stack: token auth stays on, and no `ray stop` touches other
 # clusters on the machine). They end with their test module: two Ray clusters alive at once make
 # Ray's address discovery inside workers fail ("Found multiple active Ray instances").
 
 import pytest  # noqa: E402
 
-from slwtune.localstack import ApiServer, MlflowServer, RayHead, api_env  # noqa: E402
+from devstack.stack import ApiServer, MlflowServer, RayHead, api_env  # noqa: E402
 
 
 @pytest.fixture(scope="session")

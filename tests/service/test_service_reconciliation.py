@@ -17,7 +17,8 @@ def test_read_follows_ray_and_mlflow(api):
     api.mlflow.parents[job["id"]] = parent(job["id"])
     got = api.call("GET", f"/v1/jobs/{job['id']}").json()
     assert (got["state"], got["phase"], got["progress"], got["chosen"]) == ("running", "probing", "round 1", None)
-    assert got["links"]["mlflow_run"] == f"{api.settings.mlflow_tracking_uri}/#/experiments/7/runs/run-{job['id']}"
+    assert got["links"]["mlflow_run"] == (f"{api.settings.mlflow_tracking_uri}/#/experiments/7/runs?"
+                                          f"workflowType=machine_learning&viewStateShareKey=slwtune-job-run-{job['id']}")
 
     chosen = {"start_length": 16, "duration_steps": 40}
     api.ray.jobs[job["id"]]["status"] = "SUCCEEDED"

@@ -2,8 +2,9 @@
 
 Starts a local Ray head (token auth on), an MLflow server and the API; submits the
 `shakespeare-demo` job; follows it live (phase, each probe's knobs and verdict, the
-full run's progress); prints the chosen knobs, the tuning cost and the URLs; and stops
-everything on exit or Ctrl-C (`--keep-up` leaves the services running for browsing).
+full run's progress); prints the chosen knobs, the tuning cost and the URLs. In an
+interactive terminal the stack then stays up, so that the links open, until Ctrl-C; without
+one (CI, a pipe) it stops at once. `--keep-up` leaves the services running in the background.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from devstack.stack import LocalStack
 from slwtune import metrics as M
-from slwtune.localstack import LocalStack
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -79,8 +80,24 @@ class Follower:
              f"  ETA {_fmt_eta(eta)}")
 
 
+def interactive() -> bool:
+    """A person at a terminal, not CI or a pipe: then the demo keeps its stack up for the links."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def hold_until_ctrl_c() -> None:
+    _say("\nThe stack stays up so that the links above open: press Ctrl-C to stop it.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("\nstopping everything")
+
+
 def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path | None = None,
-             timeout_s: float = 1500) -> int:
+             timeout_s: float = 1500, hold: bool | None = None) -> int:
+    """Run the demo; `hold` (default: `interactive()`) keeps the stack up after the summary until Ctrl-C."""
+    hold = interactive() if hold is None else hold
     root = (root or Path.cwd() / ".slwtune" / "demo").resolve()
     if root.exists():
         shutil.rmtree(root)  # each demo starts clean: registry, MLflow store, job folders
@@ -99,6 +116,8 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
             t0 = time.time()
             start()
             _say(f"   {name:14s} up in {time.time() - t0:4.1f}s")
+            if name == "Ray head":
+                _say(f"\n{stack.ray.sign_in_text()}\n")
         client = httpx.Client(base_url=stack.api.url, headers=stack.api.headers(), timeout=30)
         job = client.post("/v1/jobs", json={"preset": preset}).raise_for_status().json()
         _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api.url}/v1/jobs")
@@ -109,16 +128,18 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
             job = follower.poll()
         follower.poll()
         code = _summary(job, stack, root)
+        _say(f"\n(total {time.time() - started:.0f}s)")
+        if hold and not keep_up:
+            hold_until_ctrl_c()
         return code
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping everything")
         return 130
     finally:
-        _say(f"\n(total {time.time() - started:.0f}s)")
         if keep_up and code == 0:
             stack.save()
             _say(f"services left running (--keep-up): Ray {stack.ray.address}, MLflow {stack.mlflow.uri}, "
-                 f"API {stack.api.url}\nstop them with: {sys.executable} -m slwtune.localstack stop {root}")
+                 f"API {stack.api.url}\nstop them with: {sys.executable} -m devstack.stack stop {root}")
         else:
             stack.stop()
 
@@ -143,7 +164,8 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
                  f"{int(full.get('tokens') or 0):,} tokens")
         _say(f"report:         {report_path}")
     links = job.get("links") or {}
-    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray.address}")
+    _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray.address}  "
+         "(sign in with the token shown when the Ray head started)")
     _say(f"MLflow run:     {links.get('mlflow_run') or stack.mlflow.uri}")
     _say(f"job (REST):     {stack.api.url}/v1/jobs/{job['id']}")
     return 0 if job["state"] == "succeeded" else 1

@@ -1,8 +1,10 @@
 """A local Ray head, MLflow server and API as child processes (the demo and end-to-end tests).
 
 - Token authentication stays on: the Ray head runs with `RAY_AUTH_MODE=token` and a fresh
-  random token that every client of this stack gets through its environment (never printed,
-  and ~/.ray/auth_token is not touched).
+  random token that every client of this stack gets through its environment. The head listens
+  on 127.0.0.1 only, so `RayHead.sign_in_text()` may show the person who started it that token
+  next to the dashboard link (the demo prints it once); ~/.ray/auth_token, which belongs to the
+  user's own clusters, is not touched.
 - Nothing here runs `ray stop`, which would end every Ray cluster on the machine: the head
   runs under `ray start --block` in a private temp dir on free ports, and stopping ends only
   the processes that carry this stack's marker in their environment.
@@ -21,11 +23,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_MARKER = "SLWTUNE_STACK"
+LOOPBACK_HOST = "127.0.0.1"  # every service of this stack listens here only
 RAY_PORT_FLAGS = ("port", "node-manager-port", "object-manager-port", "ray-client-server-port",
                   "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                   "metrics-export-port")
@@ -33,7 +37,7 @@ RAY_PORT_FLAGS = ("port", "node-manager-port", "object-manager-port", "ray-clien
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK_HOST, 0))
         return s.getsockname()[1]
 
 
@@ -41,7 +45,7 @@ def port_or_free(preferred: int) -> int:
     """The preferred port when free, else any free one (a second demo, a busy 5000, ...)."""
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
+            s.bind((LOOPBACK_HOST, preferred))
             return preferred
         except OSError:
             return free_port()
@@ -128,6 +132,23 @@ def end_marked(marker: str, grace: float = 10) -> None:
             return
 
 
+def sign_in_text(dashboard_url: str, token: str) -> str:
+    """What the person who started a loopback-only Ray head needs to open its dashboard.
+
+    Ray's dashboard asks for the cluster's token on the first visit. Showing it is safe only
+    where the dashboard is reachable from this machine alone and the token dies with the stack;
+    for any other address this refuses, and the token must reach people another way (README:
+    "Dashboard token on shared clusters").
+    """
+    host = urlparse(dashboard_url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"dashboard_url={dashboard_url!r}: not a loopback address; its token is not shown")
+    return (f"Ray dashboard   {dashboard_url}/#/jobs\n"
+            f"   sign in with token: {token}\n"
+            f"   (token auth is on; this throwaway token is shown only here: the head listens on "
+            f"{host} and ends with the demo)")
+
+
 # ---- the three services -------------------------------------------------------------------
 
 
@@ -146,7 +167,10 @@ class RayHead:
     @property
     def address(self) -> str:
         """The dashboard URL: the Jobs API."""
-        return f"http://127.0.0.1:{self.dashboard_port}"
+        return f"http://{LOOPBACK_HOST}:{self.dashboard_port}"
+
+    def sign_in_text(self) -> str:
+        return sign_in_text(self.address, self.token)
 
     @property
     def client_env(self) -> dict[str, str]:
@@ -161,7 +185,7 @@ class RayHead:
         env.update(self.client_env, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
                    SLWTUNE_STORAGE=str(self.temp_dir / "ray_results"), **{STACK_MARKER: self.marker})
         cmd = [_bin("ray"), "start", "--head", "--block", "--temp-dir", str(self.temp_dir),
-               "--num-cpus", str(self.num_cpus), "--dashboard-host", "127.0.0.1",
+               "--num-cpus", str(self.num_cpus), "--dashboard-host", LOOPBACK_HOST,
                "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
                "--disable-usage-stats", *[a for k, v in ports.items() for a in (f"--{k}", str(v))]]
         self.proc = spawn(cmd, env, self.temp_dir / "ray-start.log")
@@ -185,11 +209,11 @@ class MlflowServer:
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK_HOST}:{self.port}"
 
     def start(self, timeout: float = 120) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [_bin("mlflow"), "server", "--host", LOOPBACK_HOST, "--port", str(self.port),
                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
         self.proc = spawn(cmd, dict(os.environ), self.root / "mlflow.log")
@@ -212,15 +236,15 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK_HOST}:{self.port}"
 
     def headers(self, principal: str | None = None) -> dict:
         return {"Authorization": f"Bearer {self.tokens[principal or next(iter(self.tokens))]}"}
 
     def start(self, timeout: float = 90) -> "ApiServer":
         env = dict(self.env, SLWTUNE_API_TOKENS=",".join(f"{p}:{t}" for p, t in self.tokens.items()))
-        cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", LOOPBACK_HOST,
+               "--port", str(self.port), "--log-level", "warning"]
         self.proc = spawn(cmd, env, self.root / "api.log")
         wait_http(f"{self.url}/healthz", timeout, self.proc, "slwtune API")
         return self
@@ -283,7 +307,7 @@ class LocalStack:
                 service.stop()
 
     def save(self) -> Path:
-        """Record the stack's processes, so `python -m slwtune.localstack stop ROOT` can end them later."""
+        """Record the stack's processes, so `python -m devstack.stack stop ROOT` can end them later."""
         state = {"pids": [s.proc.pid for s in (self.api, self.mlflow, self.ray) if s and s.proc],
                  "marker": self.ray.marker if self.ray else None}
         path = self.root / "stack.json"
@@ -308,5 +332,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "stop":
         stop_saved(Path(sys.argv[2]))
     else:
-        print("usage: python -m slwtune.localstack stop DIR", file=sys.stderr)
+        print("usage: python -m devstack.stack stop DIR", file=sys.stderr)
         sys.exit(2)

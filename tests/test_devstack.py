@@ -1,0 +1,177 @@
+"""The local dev stack (devstack/) sits beside the library: the library never imports it or the service."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ABOVE_THE_LIBRARY = ("service", "devstack")
+
+
+def imported_modules(tree: ast.AST, top_level_only: bool) -> list[tuple[int, str]]:
+    """(line, module) for every import in `tree`; with `top_level_only`, not those inside a function."""
+    found = []
+    nodes = ast.iter_child_nodes(tree) if top_level_only else ast.walk(tree)
+    pending = list(nodes)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+        elif top_level_only and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            pending += list(ast.iter_child_nodes(node))
+    return found
+
+
+def library_imports_of(packages: tuple[str, ...], top_level_only: bool) -> list[str]:
+    hits = []
+    for path in sorted((ROOT / "slwtune").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module in imported_modules(tree, top_level_only):
+            if module.split(".")[0] in packages:
+                hits.append(f"{path.relative_to(ROOT)}:{line}: {module}")
+    return hits
+
+
+def test_imported_modules_sees_nested_and_lazy_imports():
+    tree = ast.parse("import a\nif x:\n    from b.c import d\ndef f():\n    import service.app\n")
+    assert sorted(m for _, m in imported_modules(tree, top_level_only=False)) == ["a", "b.c", "service.app"]
+    assert sorted(m for _, m in imported_modules(tree, top_level_only=True)) == ["a", "b.c"]
+
+
+def test_library_never_imports_the_service():
+    assert library_imports_of(("service",), top_level_only=False) == []
+
+
+def test_library_imports_the_dev_stack_only_lazily_from_the_cli():
+    lazy = library_imports_of(("devstack",), top_level_only=False)
+    assert library_imports_of(ABOVE_THE_LIBRARY, top_level_only=True) == []
+    assert lazy and all(hit.startswith("slwtune/cli.py:") for hit in lazy), lazy
+
+
+def test_cli_import_loads_neither_service_nor_devstack():
+    code = ("import sys, slwtune.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'devstack')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_demo_command_runs_the_devstack_demo(monkeypatch):
+    import devstack.demo
+    from slwtune.cli import main
+
+    calls = []
+    monkeypatch.setattr(devstack.demo, "run_demo", lambda **kw: calls.append(kw) or 7)
+    assert main(["demo", "--preset", "shakespeare-tiny"]) == 7
+    assert calls == [{"keep_up": False, "preset": "shakespeare-tiny"}]
+
+
+# ---- the dashboard sign-in the demo prints ---------------------------------------------------
+
+
+def test_sign_in_text_shows_link_and_token_for_a_loopback_dashboard():
+    from devstack.stack import sign_in_text
+
+    text = sign_in_text("http://127.0.0.1:8265", "s3cr3t")
+    assert "http://127.0.0.1:8265/#/jobs" in text
+    assert "sign in with token: s3cr3t\n" in text
+
+
+def test_sign_in_text_refuses_a_dashboard_reachable_from_elsewhere():
+    from devstack.stack import sign_in_text
+
+    with pytest.raises(ValueError, match="10.0.0.5"):
+        sign_in_text("http://10.0.0.5:8265", "s3cr3t")
+
+
+def test_ray_head_listens_on_loopback_and_gives_its_own_token():
+    from devstack.stack import RayHead
+
+    head = RayHead(dashboard_port=8265, token="abc", temp_dir=Path("/nonexistent"))
+    assert head.address == "http://127.0.0.1:8265"
+    assert "sign in with token: abc" in head.sign_in_text()
+
+
+# ---- the demo's flow, on a fake stack and API ------------------------------------------------
+
+
+class FakeStack:
+    """Stands in for devstack.stack.LocalStack: records what the demo does with it."""
+
+    def __init__(self, root):
+        from devstack.stack import RayHead
+
+        self.events = []
+        self.ray = RayHead(dashboard_port=8265, token="demo-token", temp_dir=Path("/nonexistent"))
+        self.mlflow = type("M", (), {"uri": "http://127.0.0.1:5000"})()
+        self.api = type("A", (), {"url": "http://127.0.0.1:8000", "root": Path(root),
+                                  "headers": staticmethod(lambda: {})})()
+
+    def start_ray(self):
+        self.events.append("start ray")
+
+    def start_mlflow(self):
+        self.events.append("start mlflow")
+
+    def start_api(self):
+        self.events.append("start api")
+
+    def stop(self):
+        self.events.append("stop")
+
+
+def fake_api(request):
+    import httpx
+
+    job = {"id": "slw-1", "state": "succeeded", "phase": "full_run",
+           "chosen": {"start_length": 8, "duration_steps": 64},
+           "links": {"ray_dashboard": "http://127.0.0.1:8265/#/jobs/slw-1", "mlflow_run": "http://mlflow/x"},
+           "spec": {"budget": {"train_tokens": 1000}}}
+    if request.url.path.endswith("/trials"):
+        return httpx.Response(200, json={"data": [], "count": 0})
+    return httpx.Response(201 if request.method == "POST" else 200, json=job)
+
+
+def sleep_until_ctrl_c(seconds):
+    if seconds > 60:  # the hold's long wait: the person presses Ctrl-C
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def demo_on_fakes(monkeypatch, tmp_path):
+    import httpx
+
+    import devstack.demo as demo
+
+    stacks = []
+    monkeypatch.setattr(demo, "LocalStack", lambda root: stacks.append(FakeStack(root)) or stacks[-1])
+    real_client = httpx.Client
+    monkeypatch.setattr(demo.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(fake_api), **kw))
+    monkeypatch.setattr(demo.time, "sleep", sleep_until_ctrl_c)
+    monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
+    return demo, stacks, tmp_path / "demo"
+
+
+def test_demo_without_a_terminal_prints_the_sign_in_and_links_then_stops(demo_on_fakes, capsys):
+    demo, stacks, root = demo_on_fakes
+    assert not demo.interactive()  # pytest's stdin is no terminal, as in CI
+    assert demo.run_demo(root=root) == 0
+    out = capsys.readouterr().out
+    assert stacks[0].events == ["start ray", "start mlflow", "start api", "stop"]
+    assert out.count("demo-token") == 1  # shown once, next to the dashboard link
+    assert "Ray dashboard   http://127.0.0.1:8265/#/jobs\n   sign in with token: demo-token" in out
+    assert "MLflow run:     http://mlflow/x" in out
+    assert "Ctrl-C" not in out
+
+
+def test_demo_in_a_terminal_keeps_the_stack_up_until_ctrl_c(demo_on_fakes, capsys):
+    demo, stacks, root = demo_on_fakes
+    assert demo.run_demo(root=root, hold=True) == 0  # the fake sleep raises Ctrl-C while holding
+    out = capsys.readouterr().out
+    assert "The stack stays up so that the links above open: press Ctrl-C to stop it." in out
+    assert out.index("MLflow run:") < out.index("press Ctrl-C") < out.index("stopping everything")
+    assert stacks[0].events[-1] == "stop"

@@ -127,6 +127,11 @@ def service_rules(spec: JobSpec, settings: Settings) -> tuple[JobSpec, list[dict
                  "tuning.max_rounds": spec.tuning.max_rounds}[loc]
         problems.append({"loc": loc, "value": value,
                          "msg": f"plans up to {trials} trials; this service allows {settings.max_trials}"})
+    entrypoint = spec.model.entrypoint
+    if entrypoint and entrypoint not in settings.allowed_entrypoints:  # user code runs on the cluster
+        problems.append({"loc": "model.entrypoint", "value": entrypoint,
+                         "msg": "is not allowed by this service (its operator lists the allowed ones in "
+                                "SLWTUNE_ALLOWED_ENTRYPOINTS)"})
 
     root = settings.data_root.expanduser().resolve()
     updates: dict[str, Any] = {}

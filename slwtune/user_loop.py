@@ -53,7 +53,7 @@ from slwtune.slw import SeqLengthWarmup
 from slwtune.spec import JobSpec, load_spec, parse_spec
 from slwtune.stability import StabilityMonitor
 from slwtune.tracking import RunLogger
-from slwtune.train_loop import RunOptions, all_reduce_sum_, print_progress, report_row, should_stop
+from slwtune.train_loop import RunOptions, adam_stats, all_reduce_sum_, print_progress, report_row, should_stop
 
 if TYPE_CHECKING:
     from slwtune.sessions import Session
@@ -139,11 +139,13 @@ class TrainContext:
 
     def report(self, step: int, tokens: int, loss: float, val_loss: float | None = None,
                grad_norm: float | None = None, *, lr: float | None = None, seqlen: int | None = None,
-               checkpoint_dir: str | None = None) -> bool:
+               optimizer: torch.optim.Optimizer | None = None, checkpoint_dir: str | None = None) -> bool:
         """Record optimizer step `step` (from 1) with `tokens` trained so far (all ranks); True: stop now.
 
         loss: this step's training loss; val_loss: a full-length validation loss (evaluation steps);
-        grad_norm: before clipping; lr and seqlen: logged (seqlen defaults to `length_at(step)`).
+        grad_norm: before clipping; lr and seqlen: logged (seqlen defaults to `length_at(step)`);
+        optimizer: an Adam-family optimizer whose `exp_avg_sq` max and L1 (the paper's instability
+        signal) are logged every `run.stats_every_steps`.
         """
         if self.should_stop:
             raise StopTraining(f"ctx.report at step {step} after the run was told to stop at step "
@@ -159,6 +161,8 @@ class TrainContext:
         self._state = TrainState(step=step, tokens=tokens, monitor=self.monitor.state_dict())
         self.should_stop = should_stop(verdict, self.options) or self.is_last_step(step, tokens)
         self._row = self._metrics(step, tokens, loss, val_loss, grad_norm, lr, seqlen)
+        if optimizer is not None and (step % self.spec.run.stats_every_steps == 0 or step == 1):
+            self._row[M.ADAM_VAR_MAX], self._row[M.ADAM_VAR_L1] = adam_stats(optimizer)
         if val_loss is None and not self.should_stop:
             if checkpoint_dir:
                 raise ValueError(f"ctx.report(step={step}, checkpoint_dir=...): a checkpoint goes with a report "

@@ -196,6 +196,49 @@ def test_init_checkpoint_is_the_resume_point_when_ray_has_none(tmp_path):
     assert ray_wins.resume_from == str(tmp_path)
 
 
+def test_adam_variance_is_logged_when_the_optimizer_is_given():
+    import torch
+
+    session = LocalSession()
+    ctx = probe_ctx(spec_for(run__stats_every_steps=4), session=session)
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    (w * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    opt.step()
+    ctx.report(step=4, tokens=400, loss=2.0, val_loss=2.0, optimizer=opt)
+    row = session.reports[-1]
+    assert row[M.ADAM_VAR_MAX] == pytest.approx((1 - 0.999) * 9.0) and row[M.ADAM_VAR_L1] > row[M.ADAM_VAR_MAX]
+
+
+def two_ranks(monkeypatch, peer: list[float]) -> LocalSession:
+    """A session of rank 0 of 2 whose all-reduce adds the other rank's [loss, val, grad, has val, has grad]."""
+    import torch
+
+    import slwtune.user_loop
+
+    def add_peer(t, world):
+        return t.add_(torch.tensor(peer, dtype=t.dtype))
+
+    monkeypatch.setattr(slwtune.user_loop, "all_reduce_sum_", add_peer)
+    session = LocalSession()
+    session.world_size = 2
+    return session
+
+
+def test_signals_are_averaged_over_ranks_so_every_rank_judges_the_same(monkeypatch):
+    session = two_ranks(monkeypatch, [4.0, 5.0, 3.0, 1.0, 1.0])
+    ctx = probe_ctx(session=session)
+    ctx.report(step=4, tokens=400, loss=2.0, val_loss=3.0, grad_norm=1.0)
+    row = session.reports[-1]
+    assert (row[M.TRAIN_LOSS], row[M.VAL_LOSS], row[M.TRAIN_GRAD_NORM]) == (3.0, 4.0, 2.0)
+
+
+def test_a_val_loss_on_some_ranks_only_is_an_error_not_a_hang(monkeypatch):
+    ctx = probe_ctx(session=two_ranks(monkeypatch, [4.0, 0.0, 3.0, 0.0, 1.0]))
+    with pytest.raises(SlwtuneError, match="val_loss given on 1 of 2 ranks"):
+        ctx.report(step=4, tokens=400, loss=2.0, val_loss=3.0, grad_norm=1.0)
+
+
 # ---- run_user_function: the worker side of model.entrypoint --------------------------------------
 
 

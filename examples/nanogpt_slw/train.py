@@ -82,7 +82,8 @@ def train(ctx) -> None:
             ckpt = tempfile.mkdtemp(prefix="nanogpt-ckpt-")
             save(ckpt, model, optimizer, step, clock, gen)
         stop = ctx.report(step=step, tokens=clock.tokens, loss=loss.item(), val_loss=val_loss,
-                          grad_norm=grad_norm.item(), lr=lr, seqlen=x.shape[1], checkpoint_dir=ckpt)
+                          grad_norm=grad_norm.item(), lr=lr, seqlen=x.shape[1], optimizer=optimizer,
+                          checkpoint_dir=ckpt)
         if ckpt:
             shutil.rmtree(ckpt, ignore_errors=True)  # Ray kept a copy
         if stop:

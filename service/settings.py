@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     driver_env: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["SLWTUNE_STORAGE", "SLWTUNE_CACHE_DIR", "SLWTUNE_PRESETS_DIR", "HF_HOME"],
         description="variables of this process passed on to the driver when set (comma separated)")
+    allowed_entrypoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="model.entrypoint values a job may name (comma separated, exact package.module:function): "
+                    "the code runs on the cluster, so the operator lists it; empty: none")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="larger request bodies get 413")
     # Per job (422 naming the field): what one job may ask of the cluster.
     max_trials: int = Field(200, gt=0, description="most probe trials one job may plan")
@@ -106,7 +110,7 @@ class Settings(BaseSettings):
     def _parse_tokens(cls, value):
         return parse_tokens(value) if isinstance(value, str) else value
 
-    @field_validator("driver_env", mode="before")
+    @field_validator("driver_env", "allowed_entrypoints", mode="before")
     @classmethod
     def _parse_list(cls, value):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

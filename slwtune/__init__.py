@@ -2,7 +2,8 @@
 
 `import slwtune` stays light: the public names below load their module on first use, so
 `from slwtune import SeqLengthWarmup` in your own loop pulls in torch and nothing else
-(no Ray, MLflow, optuna or the service).
+(no Ray, MLflow, optuna or the service). `slwtune.tune_function(train_fn, spec)` tunes SLW for
+your own training function (`slwtune.user_loop`); it brings in Ray when it runs.
 """
 
 from importlib import import_module
@@ -12,6 +13,8 @@ _LAZY = {
     "SeqLengthWarmup": "slwtune.slw",
     "LRSchedule": "slwtune.slw",
     "TokenClock": "slwtune.slw",
+    "tune_function": "slwtune.user_loop",
+    "TrainContext": "slwtune.user_loop",
 }
 
 __all__ = sorted(_LAZY)

@@ -22,6 +22,7 @@ from slwtune.train_loop import RunOptions
 from slwtune.tuning.report import build_report, compare_with_control, write_plots, write_report
 from slwtune.tuning.strategies import Probe, Search, make_search
 from slwtune.tuning.tune_glue import ProbeResult, run_round
+from slwtune.user_loop import load_entrypoint
 
 
 # ---- probe phase -----------------------------------------------------------------------
@@ -124,7 +125,8 @@ def run_full(job: Job, chosen: Probe | None, winner: ProbeResult | None) -> dict
     summary = fit_and_summarize(trainer)
     summary.update(continued_from_probe=bool(init), mlflow_run_id=run_id, slw_enabled=spec.slw.enabled,
                    model=None)
-    if summary["checkpoint"] and summary["verdict"] not in M.RUN_FAILED_VERDICTS:
+    # An entrypoint's checkpoint holds the user's own model, in the user's own format: it is the result as is.
+    if summary["checkpoint"] and summary["verdict"] not in M.RUN_FAILED_VERDICTS and not spec.model.entrypoint:
         summary["model"] = str(export_model(spec, summary["checkpoint"], job.out / "model"))
         if run_id:
             job.track("log the model", tracking.log_artifact, run_id, summary["model"], MODEL_ARTIFACT_DIR)
@@ -192,6 +194,8 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
     """
     job = Job.resume(out_dir, "resumed with --resume") if resume else Job(spec, Path(out_dir), job_id)
     spec = job.spec
+    if spec.model.entrypoint:  # fail here, naming the field, rather than in every probe
+        load_entrypoint(spec.model.entrypoint)
     ensure_ray(address, num_cpus=local_cpus_for(spec))
     job.start()
     status = "FAILED"

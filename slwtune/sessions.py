@@ -1,7 +1,8 @@
 """Where a training loop runs: a `Session` gives it its rank, world size and device, takes its
 reports and checkpoints, and says where to resume from.
 
-`RaySession` is one Ray Train worker (`train_worker` is the `train_loop_per_worker`);
+`RaySession` is one Ray Train worker (`train_worker` is the `train_loop_per_worker`: slwtune's
+loop, or the spec's own training function when `model.entrypoint` is set);
 `LocalSession` runs in-process, single worker, for benchmarks and unit tests.
 """
 
@@ -16,6 +17,7 @@ import torch
 from slwtune import metrics as M
 from slwtune.spec import JobSpec
 from slwtune.train_loop import RunOptions, train_loop
+from slwtune.user_loop import run_user_function
 
 __all__ = ["Session", "LocalSession", "RaySession", "train_worker"]
 
@@ -78,7 +80,14 @@ class RaySession:
 
 
 def train_worker(config: dict) -> None:
-    """Ray Train `train_loop_per_worker`: config = {"spec": dict, "options": dict}."""
+    """Ray Train `train_loop_per_worker`: config = {"spec": dict, "options": dict}.
+
+    Probes, the full run and `slwtune train` all come here, so this one dispatch is all it takes
+    for a user's training function (`model.entrypoint`) to run wherever slwtune's loop does.
+    """
     spec = JobSpec.model_validate(config["spec"])
     options = RunOptions(**config.get("options", {}))
-    train_loop(spec, options, RaySession())
+    if spec.model.entrypoint:
+        run_user_function(spec, options, RaySession())
+    else:
+        train_loop(spec, options, RaySession())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from slwtune import settings
@@ -27,6 +27,10 @@ Strategy = Literal["paper", "optuna", "grid"]
 Decay = Literal["cosine", "linear", "constant"]
 Tokenizer = Literal["bytes", "bpe", "gpt2"]
 
+# `package.module:function` (dotted names on both sides: a function, or a method of a class)
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+ENTRYPOINT_PATTERN = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
+
 
 class _Section(BaseModel):
     """Strict base: unknown keys and NaN/Inf are errors, assignments re-validate."""
@@ -36,7 +40,8 @@ class _Section(BaseModel):
 
 class ModelSpec(_Section):
     """The model to train: slwtune's GPT (a preset from `slwtune.model.MODEL_PRESETS`, optionally
-    overridden) or a Hugging Face causal LM (`family: hf`, see `slwtune.hf_model`)."""
+    overridden), a Hugging Face causal LM (`family: hf`, see `slwtune.hf_model`), or your own
+    training function (`entrypoint`, see `slwtune.user_loop`: it brings its model and data)."""
 
     family: Literal["gpt", "hf"] = Field("gpt", description="gpt: the built-in GPT-2; hf: a transformers causal LM")
     architecture: str | None = Field(None, description="hf: the model type (gpt2, llama, any causal LM type)")
@@ -50,9 +55,23 @@ class ModelSpec(_Section):
     vocab_size: int | None = Field(None, ge=1, le=1_048_576, description="defaults to the dataset's vocabulary")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
+    entrypoint: str | None = Field(
+        None, description="package.module:function, your own training function (train_fn(ctx)); it "
+                          "runs the probes and the full run instead of slwtune's loop")
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_shape(cls, value: str | None) -> str | None:
+        # Only the shape here: the spec is also validated where the code is not (the API server),
+        # and importing user code there would run it. The driver imports it when the job starts.
+        if value is not None and not ENTRYPOINT_PATTERN.match(value):
+            raise ValueError("must be 'package.module:function' (an importable module, a colon, a function name)")
+        return value
 
     @model_validator(mode="after")
     def _family_fields(self) -> "ModelSpec":
+        if self.entrypoint and self.family == "hf":
+            raise ValueError("model.entrypoint trains your own model: drop model.family='hf' (and its fields)")
         if self.family == "hf" and not (self.architecture or self.hf_path):
             raise ValueError("model.family='hf' needs model.architecture (e.g. llama) or model.hf_path")
         if self.family == "gpt" and (self.architecture or self.hf_path or self.hf_config):
@@ -218,9 +237,10 @@ class JobSpec(_Section):
     # ---- derived values (one place for each) --------------------------------
 
     def context_length(self) -> int | None:
-        """The model's context: the explicit override, else the preset's (hf: None if not in the spec)."""
-        if self.model.context_length is not None:
-            return self.model.context_length
+        """The model's context: the explicit override, else the preset's (hf: None if not in the spec;
+        an entrypoint's own model: None unless `model.context_length` says it)."""
+        if self.model.context_length is not None or self.model.entrypoint:
+            return self.model.context_length  # your own model: its context is yours to check
         if self.model.family == "hf":  # else known once the config is read (slwtune.hf_model checks it)
             return self.model.hf_config.get("max_position_embeddings")
         from slwtune.model_presets import MODEL_PRESETS

@@ -67,6 +67,33 @@ def test_full_length_above_model_context():
     assert "context_length=64" in str(err)
 
 
+@pytest.mark.parametrize("entrypoint", ["mypkg.train:train", "train:Trainer.run", "a_b.c2:f"])
+def test_entrypoint_of_the_right_shape_is_accepted(entrypoint):
+    assert parse_spec({"model": {"entrypoint": entrypoint}}).model.entrypoint == entrypoint
+
+
+@pytest.mark.parametrize("entrypoint", ["mypkg.train", "mypkg.train:", ":train", "my pkg:train", "a:b:c",
+                                        "pkg/train.py:train", "1pkg:train"])
+def test_entrypoint_of_another_shape_names_field_and_value(entrypoint):
+    (p,) = bad({"model": {"entrypoint": entrypoint}}).problems
+    assert p["loc"] == "model.entrypoint" and p["value"] == entrypoint and "package.module:function" in p["msg"]
+
+
+def test_entrypoint_is_not_an_hf_model():
+    err = bad({"model": {"entrypoint": "mypkg:train", "family": "hf", "architecture": "llama"}})
+    assert "model.entrypoint trains your own model" in str(err)
+
+
+def test_entrypoint_context_is_unchecked_unless_given():
+    # the preset's context (tiny: 128) is slwtune's GPT's, not the user's model's
+    spec = parse_spec({"model": {"entrypoint": "mypkg:train"}, "slw": {"full_length": 1024},
+                       "budget": {"train_tokens": 10**8}})
+    assert spec.context_length() is None
+    err = bad({"model": {"entrypoint": "mypkg:train", "context_length": 512}, "slw": {"full_length": 1024},
+               "budget": {"train_tokens": 10**8}})
+    assert "slw.full_length" in locs(err) and "context_length=512" in str(err)
+
+
 def test_duration_must_be_positive():
     assert "slw.duration_steps" in locs(bad({"slw": {"duration_steps": 0}}))
 

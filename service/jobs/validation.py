@@ -68,6 +68,15 @@ def job_limit_problems(spec: JobSpec, settings: Settings) -> list[dict]:
     return out
 
 
+def entrypoint_problems(spec: JobSpec, settings: Settings) -> list[dict]:
+    """User code runs on the cluster: only the entrypoints the operator lists are accepted."""
+    entrypoint = spec.model.entrypoint
+    if entrypoint and entrypoint not in settings.allowed_entrypoints:
+        return [problem("model.entrypoint", entrypoint, "is not allowed by this service (its operator lists the "
+                                                        "allowed ones in SLWTUNE_ALLOWED_ENTRYPOINTS)")]
+    return []
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -113,7 +122,7 @@ def resolve_data_path(path: str, root: Path) -> tuple[str | None, str | None]:
 
 def service_rules(spec: JobSpec, settings: Settings) -> tuple[JobSpec, list[dict]]:
     """Every rule this service adds to the spec model; returns the spec with its data path made absolute."""
-    problems = server_owned_problems(spec) + job_limit_problems(spec, settings)
+    problems = server_owned_problems(spec) + job_limit_problems(spec, settings) + entrypoint_problems(spec, settings)
     root = settings.data_root.expanduser().resolve()
     resolved, why = resolve_data_path(spec.data.path, root)
     if why:

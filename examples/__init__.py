@@ -1,0 +1,1 @@
+"""Runnable examples (a package, so `examples.nanogpt_slw` imports by name from the repository root)."""

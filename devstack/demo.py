@@ -151,17 +151,27 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
     chosen = job.get("chosen") or report.get("chosen")
     if chosen:
         _say(f"chosen knobs:   start length {chosen['start_length']}, duration T = {chosen['duration_steps']} steps")
+    elif report.get("error") or job.get("error"):
+        _say(f"failed:         {report.get('error') or job.get('error')}")
     else:
         _say(f"no stable configuration: {job.get('error') or ''}")
         for advice in report.get("advice", []):
             _say(f"   - {advice}")
     if report:
+        control = report.get("control") or {}
+        if control:
+            _say(f"control (no SLW): {control.get('verdict')}, val ppl {control.get('val_ppl') or float('nan'):.1f}")
+        if report.get("message"):
+            _say(f"                {report['message']}")
         _say(f"tuning cost:    {report['tuning_fraction']:.1%} of the full run's tokens "
-             f"({report['net_tuning_fraction']:.1%} net of the reused winning probe)")
+             f"({report['net_tuning_fraction']:.1%} net of the probe the full run continued from)")
         full = report.get("full_run") or {}
         if full:
-            _say(f"full run:       {full.get('verdict')}, val ppl {full.get('val_ppl') or float('nan'):.1f}, "
-                 f"{int(full.get('tokens') or 0):,} tokens")
+            _say(f"full run:       {full.get('verdict')}{'' if full.get('slw_enabled', True) else ' (SLW off)'}, "
+                 f"final val ppl {full.get('final_val_ppl') or float('nan'):.1f}, "
+                 f"{int(full.get('tokens') or 0):,} tokens" + (f" ({full['reason']})" if full.get("reason") else ""))
+            if full.get("model"):
+                _say(f"model:          {full['model']}  (slwtune.export.load_model)")
         _say(f"report:         {report_path}")
     links = job.get("links") or {}
     _say(f"Ray dashboard:  {links.get('ray_dashboard') or stack.ray.address}  "

@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class RunOptions:
     report_every_steps: int | None = None  # default: run.eval_every_steps
     stop_when_unstable: bool = False       # probes end on `fluctuating` too, not only `diverged`
     trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
+    on_step: Callable[[dict], None] | None = None  # in-process only: every step's row (benchmarks count spikes)
 
 
 @dataclass
@@ -284,6 +285,8 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         row[M.TOKENS_PER_S] = tokens_per_s
         if peak:
             row[M.MFU] = estimate_mfu(raw_config, length, tokens_per_s / world, peak)
+        if options.on_step:
+            options.on_step({**row, M.STEP: state.step})
 
         finished = (should_stop(verdict, options) or state.tokens >= spec.budget.train_tokens
                     or state.step >= max_steps)

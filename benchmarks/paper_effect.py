@@ -188,7 +188,7 @@ GPU_SPEC = _spec(
 
 SCALES = {
     "cpu": Scale("cpu", CPU_SPEC, (0.01, 0.03), 3, "cpu",
-                 "about 20 minutes on 2 CPU cores (1 torch thread)"),
+                 "about 20 minutes on 2 idle CPU cores, 1 torch thread (docs/results.md: the measured run)"),
     "quick": Scale("quick", QUICK_SPEC, (0.003, 0.03), 2, "cpu",
                    "under 2 minutes: the same code path at toy size, for `make test`"),
     "gpu": Scale("gpu", GPU_SPEC, (6e-4, 3e-3), 1, "cuda",
@@ -532,12 +532,16 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
     lrs = sorted({r.lr for r in runs})
     fig, axes = plt.subplots(1, len(lrs), figsize=(6 * len(lrs), 4.5), squeeze=False)
     for ax, lr in zip(axes[0], lrs):
+        tops = []
         for arm in ARMS:
             group = [r for r in runs if r.lr == lr and r.arm == arm]
             curve = mean_curve([[(t, v) for t, _, _, v in r.curve.evals] for r in group])
             if curve:
                 ax.plot([x for x, _ in curve], [y for _, y in curve], label=arm,
                         linestyle="--" if arm == BASELINE else "-")
+                tops.append(curve[min(1, len(curve) - 1)][1])
+        if tops:  # an early spike's first evaluation would squash the rest of the panel
+            ax.set_ylim(top=max(tops) * 1.02)
         ax.set(title=f"lr={lr:g} (mean of seeds)", xlabel="tokens (tuned: tuning included)",
                ylabel="val loss (full length)")
         ax.legend()

@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -50,6 +50,7 @@ class RunOptions:
     stop_when_unstable: bool = False       # probes end on `fluctuating` too, not only `diverged`
     trace_dir: str | None = None           # every rank appends its reports to trace_dir/rank<r>.jsonl
     spill_dir: str | None = None           # metrics MLflow never took are written here (the job folder)
+    on_step: Callable[[dict], None] | None = None  # in-process only: every step's row (benchmarks count spikes)
 
 
 # ---- setup helpers -------------------------------------------------------------
@@ -205,6 +206,8 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         row[M.TOKENS_PER_S] = tokens_per_s
         if peak:
             row[M.MFU] = estimate_mfu(raw_config, length, tokens_per_s / world, peak)
+        if options.on_step:
+            options.on_step({**row, M.STEP: state.step})
 
         finished = (should_stop(verdict, options) or state.tokens >= spec.budget.train_tokens
                     or state.step >= max_steps)

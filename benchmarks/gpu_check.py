@@ -8,7 +8,8 @@ Measured, on random tokens (the numbers do not depend on the text):
    full-length steps: compiled graphs (dynamo's counter), compile seconds (of the calls
    that compiled a graph), tokens/s per phase (steps at lengths in (e/16, e/8], (e/8, e/4],
    (e/4, e/2], and e) and the same for the eager loop. Runs first, with a fresh inductor
-   cache: compile seconds are those of a first run.
+   cache: compile seconds are those of a first run. `full_vs_static_bare`: its full-length
+   steps (on the length-dynamic graph) against the bare loop's static compiled graph.
 2. Full length, eager and compiled: slwtune's loop vs a bare loop (same model, data, fused
    AdamW on CUDA, clipping, autocast, micro-batches; a host sync on the loss each step),
    tokens/s and MFU (6N + 12*L*d*T FLOPs per token over the device's peak).
@@ -186,8 +187,8 @@ def tokens_per_s(step_seconds: list[float], tokens_per_step: int) -> float:
 
 
 def slw_phases(spec: JobSpec, timed: list[tuple[int, float]]) -> dict[str, float]:
-    """tokens/s over the steps of each SLW phase, leaving out the first steps of each graph
-    (compile, warm-up): the first SKIP steps, and the first SKIP at full length."""
+    """tokens/s over the steps of each SLW phase, leaving out the first SKIP steps (compile,
+    warm-up) and the first SKIP at full length (new allocation sizes)."""
     from slwtune.pacing import make_pacing
 
     pacing, e, batch = make_pacing(spec.slw), spec.slw.full_length, spec.data.batch_size
@@ -261,6 +262,22 @@ def check_step_time_per_length(size: dict, data: Path, device: str, threads: int
     return {f"e/{d}": round(median(e // d) / full, 4) for d in (8, 4, 2)}
 
 
+def torch_floor() -> str | None:
+    """The lowest torch pyproject.toml declares (None when run outside the repository)."""
+    import re
+    import tomllib
+
+    path = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if not path.is_file():
+        return None
+    deps = tomllib.loads(path.read_text())["project"]["dependencies"]
+    return next((m.group(1) for d in deps if (m := re.fullmatch(r"torch>=([\d.]+)", d.replace(" ", "")))), None)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -287,12 +304,22 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device {name}, torch {torch.__version__}, {size['preset']} (vocab {size['vocab']}), batch "
           f"{size['batch']} x {size['full']}, micro {size['micro']}", flush=True)
-    result: dict = {"device": name, "torch": torch.__version__, "size": size, "warm_cache": warm}
+    floor = torch_floor()
+    result: dict = {"device": name, "torch": torch.__version__, "torch_floor": floor,
+                    "meets_floor": None if floor is None else version_tuple(torch.__version__) >= version_tuple(floor),
+                    "size": size, "warm_cache": warm}
+    if args.device.startswith("cuda"):  # which fused attention kernels SDPA may pick
+        b = torch.backends.cuda
+        result["sdpa_enabled"] = {"flash": b.flash_sdp_enabled(), "mem_efficient": b.mem_efficient_sdp_enabled(),
+                                  "cudnn": getattr(b, "cudnn_sdp_enabled", lambda: None)()}
     t0 = time.perf_counter()
     result["slw_compile"] = check_slw_compile(size, data, args.device, args.threads)
     print(f"SLW with compile: {result['slw_compile']}", flush=True)
     result.update(check_full_length(size, data, args.device, args.threads, args.pairs))
     print(f"full length, eager: {result['eager']}\nfull length, compiled: {result['compiled']}", flush=True)
+    # the cost of running full-length steps on SLW's length-dynamic graph instead of a static one
+    slw_full = result["slw_compile"]["compiled"]["tokens_per_s"].get("full")
+    result["slw_compile"]["full_vs_static_bare"] = slw_full and round(slw_full / result["compiled"]["bare_tokens_per_s"], 3)
     result["step_time_vs_full"] = check_step_time_per_length(size, data, args.device, args.threads)
     print(f"bare eager step time vs full length: {result['step_time_vs_full']}", flush=True)
     result["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -70,13 +70,12 @@ def all_reduce_sum_(t: torch.Tensor, world_size: int) -> torch.Tensor:
 
 def forward_backward(forward, model, windows: torch.Tensor, length: int, spec: JobSpec, device: torch.device,
                      micro: int, accum: int, world: int) -> tuple[torch.Tensor, int]:
-    """Micro-batches of one optimizer step at `length`: returns (mean loss on device, tokens trained).
-    Below full length a compiled `forward` gets the length marked dynamic (see `compiled_forwards`)."""
+    """Micro-batches of one optimizer step at `length`: returns (mean loss on device, tokens trained)."""
     loss_sum = torch.zeros((), device=device)
     tokens = 0
     for i in range(accum):
         x, y, n = apply_seqlen(windows[i * micro:(i + 1) * micro], length, spec.slw.mode)  # (rows, L)
-        if spec.run.compile and length < spec.slw.full_length:
+        if spec.run.compile and spec.slw.enabled:
             mark_length_dynamic(x, y, rows=spec.slw.mode == "reshape")
         # DDP all-reduces gradients only on the last micro-batch
         sync = nullcontext() if (world == 1 or i == accum - 1) else model.no_sync()
@@ -86,17 +85,6 @@ def forward_backward(forward, model, windows: torch.Tensor, length: int, spec: J
         loss_sum += loss.detach().float()
         tokens += n
     return loss_sum / accum, tokens
-
-
-def compiled_forwards(model, spec: JobSpec):
-    """(forward at full length, forward below it). Compiled: a static graph for the full length,
-    where a run spends most of its steps, and one graph dynamic in the length for every shorter
-    SLW step (dynamo keeps the two apart: different backends). Two graphs in all, instead of
-    one per length (slw-spec section 7); measured in docs/results.md."""
-    if not spec.run.compile:
-        return model, model
-    full = torch.compile(model, dynamic=False)
-    return full, (torch.compile(model) if spec.slw.enabled else full)
 
 
 def step_signals(loss: torch.Tensor, grad_norm: torch.Tensor, world: int) -> tuple[float, float]:
@@ -171,10 +159,13 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward_full, forward_short = compiled_forwards(model, spec)
+    # Compiled under SLW: one graph, dynamic in the length (forward_backward marks it), for
+    # every length including the full one; without SLW a static one. Why not also a static
+    # full-length graph: docs/results.md (no gain measured, one more compile per run).
+    forward = torch.compile(model) if spec.run.compile else model
     raw_config = unwrap(model).config
     if device.type == "cuda":
-        reserve_full_length_memory(forward_full, spec, device)
+        reserve_full_length_memory(forward, spec, device)
 
     micro, accum = spec.micro_batch_size(), spec.grad_accum_steps()
     report_every = options.report_every_steps or spec.run.eval_every_steps
@@ -193,7 +184,6 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        forward = forward_full if length == spec.slw.full_length else forward_short
         loss, step_tokens = forward_backward(forward, model, batches.get(state.step), length, spec, device,
                                              micro, accum, world)
         batches.prefetch(state.step + 1)  # read while the device computes; the signals below wait for it
@@ -283,6 +273,8 @@ def reserve_full_length_memory(model, spec: JobSpec, device: torch.device) -> No
     """One forward/backward at full length so later (shorter) steps reuse its memory."""
     rows = spec.micro_batch_size()
     x = torch.zeros(rows, spec.slw.full_length, dtype=torch.long, device=device)
+    if spec.run.compile and spec.slw.enabled:
+        mark_length_dynamic(x, rows=spec.slw.mode == "reshape")  # compile the graph every length uses
     with autocast_for(spec, device):
         _, loss = model(x, x)
     loss.backward()

@@ -19,6 +19,7 @@ so they are device times; the first steps of each run (compile, warm-up) are lef
 
     python benchmarks/gpu_check.py                    # CUDA, gpt2-117m, 64 x 1024, micro 32, bf16
     python benchmarks/gpu_check.py --device cpu --small   # the same code path on CPU, in a tiny size
+    python benchmarks/gpu_check.py --device cpu           # CPU figures (the `cpu` size), minutes
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ from slwtune.train_loop import RunOptions, train_loop
 FORBIDDEN = ("ray", "mlflow", "optuna")
 SKIP = 3  # leading steps of a run left out of its throughput (compile, allocator, autotuning)
 
-SIZES = {  # the issue's GPU setting, and a CPU size that runs the same path in little time
+SIZES = {
     "gpu": dict(preset="gpt2-117m", vocab=50257, batch=64, micro=32, full=1024, start=8, warmup=128, steps=20),
+    # a CPU size whose steps are matmul-bound (figures in docs/results.md), minutes on 2 cores
+    "cpu": dict(preset="small", vocab=2048, batch=8, micro=8, full=256, start=8, warmup=64, steps=12),
+    # the code path only, in little time: its figures are noise (steps of a few ms)
     "small": dict(preset="tiny", vocab=512, batch=4, micro=2, full=64, start=8, warmup=32, steps=8),
 }
 
@@ -281,15 +285,17 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--small", action="store_true", help="a tiny model and batch: the code path, not figures")
+    parser.add_argument("--size", choices=sorted(SIZES), help="default: gpu on CUDA, cpu otherwise")
+    parser.add_argument("--small", action="store_true", help="--size small: the code path, not figures")
     parser.add_argument("--pairs", type=int, default=1, help="interleaved loop/bare pairs at full length")
     parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="CPU threads (cpu device)")
-    parser.add_argument("--warm-cache", action="store_true", default=None,
-                        help="reuse inductor's on-disk cache (default with --small); otherwise a fresh one, "
-                             "so compile seconds are those of a first run")
+    parser.add_argument("--warm-cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="reuse inductor's on-disk cache (default with --small); --no-warm-cache: a fresh "
+                             "one, so compile seconds are those of a first run (default otherwise)")
     args = parser.parse_args(argv)
-    size = SIZES["small" if args.small else "gpu"]
-    warm = args.small if args.warm_cache is None else args.warm_cache
+    size_name = "small" if args.small else args.size or ("cpu" if args.device == "cpu" else "gpu")
+    size = SIZES[size_name]
+    warm = size_name == "small" if args.warm_cache is None else args.warm_cache
     work = Path(tempfile.mkdtemp(prefix="slwtune-gpu-check-"))
     if not warm:  # read by inductor (and triton) when they first compile
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")

@@ -21,7 +21,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# torch first and pinned: `pip install .` below then finds `torch>=2.4` satisfied
+# torch first and pinned: `pip install .` below then finds `torch>=2.11` satisfied
 # and cannot swap the chosen variant for another build.
 RUN set -eu; \
     case "$TORCH_VARIANT" in \

@@ -20,7 +20,7 @@ import torch
 
 from slwtune import metrics as M
 from slwtune.data import DatasetMeta, WindowSampler, open_tokens, resolve_dataset
-from slwtune.model import GPT, configure_optimizer, model_config
+from slwtune.model import build_model, configure_optimizer
 from slwtune.spec import parse_spec
 from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
@@ -55,7 +55,7 @@ def run_bare(spec, steps: int, length: int | None = None) -> tuple[float, float]
     full = spec.slw.full_length
     length = length or full
     sampler = WindowSampler(open_tokens(data_dir, "train"), full + 1, spec.data.batch_size, seed=spec.seed, rank=0)
-    model = GPT(model_config(spec.model.preset, vocab_size=meta.vocab_size))
+    model = build_model(spec, meta.vocab_size)
     opt = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps, spec.optim.weight_decay)
     start = time.perf_counter()
     for step in range(1, steps + 1):

@@ -9,6 +9,8 @@ of tokens actually trained on.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -50,8 +52,10 @@ def reshape_pair(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.T
     """Aligned inputs and targets (B, e) re-chunked into (B * (e // L), L)."""
     _check_pair(x, y, length)
     used = (x.shape[1] // length) * length
-    x = x[:, :used].reshape(-1, length)  # (B * chunks, L)
-    y = y[:, :used].reshape(-1, length)
+    # contiguous at every length (one chunk is a strided view otherwise): a compiled model
+    # guards on input strides, and a change of layout would be one more graph
+    x = x[:, :used].reshape(-1, length).contiguous()  # (B * chunks, L)
+    y = y[:, :used].reshape(-1, length).contiguous()
     return x, y, x.numel()
 
 
@@ -141,3 +145,31 @@ def _reshape_value(key: str, v, rows: int, seq: int, length: int):
     if key in POSITION_KEYS:
         return torch.arange(length, device=v.device, dtype=v.dtype).expand(rows * chunks, length).contiguous()
     return v[:, :used].reshape(rows * chunks, length, *v.shape[2:])  # (B * chunks, L, ...)
+class DeviceBatches:
+    """The windows of each optimizer step on the device, the next step's read ahead.
+
+    `get(step)` returns that step's windows (rows, e+1) on the device. `prefetch(step)` reads
+    them now and starts their copy: called once the current step's work is queued on the
+    device and before the host waits for it, it overlaps the host's reading (a memmap gather)
+    with the device's compute. On CUDA the copy goes from pinned memory without blocking.
+    """
+
+    def __init__(self, read: Callable[[int], torch.Tensor], device: torch.device):
+        self.read, self.device = read, device
+        self._ahead: tuple[int, torch.Tensor] | None = None
+
+    def _load(self, step: int) -> torch.Tensor:
+        windows = self.read(step)
+        if self.device.type == "cuda":
+            # the caching host allocator keeps the pinned buffer until the copy has finished
+            return windows.pin_memory().to(self.device, non_blocking=True)
+        return windows.to(self.device)
+
+    def get(self, step: int) -> torch.Tensor:
+        if self._ahead is not None and self._ahead[0] == step:
+            windows, self._ahead = self._ahead[1], None
+            return windows
+        return self._load(step)
+
+    def prefetch(self, step: int) -> None:
+        self._ahead = (step, self._load(step))

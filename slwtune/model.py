@@ -20,7 +20,8 @@ from slwtune.errors import ModelError
 from slwtune.model_presets import MODEL_PRESETS
 
 __all__ = ["GPTConfig", "MODEL_PRESETS", "model_config", "config_from_spec", "build_model", "GPT", "num_params",
-           "flops_per_token", "PEAK_FLOPS", "peak_flops", "estimate_mfu", "configure_optimizer"]
+           "flops_per_token", "PEAK_FLOPS", "peak_flops", "estimate_mfu", "configure_optimizer",
+           "mark_length_dynamic"]
 
 
 @dataclass
@@ -218,6 +219,21 @@ def estimate_mfu(config: GPTConfig, seq_len: int, tokens_per_s: float, peak_flop
     if peak_flops <= 0:
         raise ModelError(f"peak_flops={peak_flops!r} must be positive")
     return flops_per_token(config, seq_len) * tokens_per_s / peak_flops
+
+
+def mark_length_dynamic(*tensors: torch.Tensor, rows: bool = False) -> None:
+    """Tell torch.compile, before it sees them, that the sequence dim (1) of these inputs varies,
+    and the rows dim (0) too when `rows` (SLW's reshape mode: e // L rows per window).
+
+    Without it dynamo compiles a static graph for the first length and a second, dynamic one
+    at the next; with it, one graph serves every SLW length from the start. `maybe_` (not the
+    strict `mark_dynamic`): should a backend specialize the length, dynamo recompiles as
+    before instead of raising mid-run; `benchmarks/gpu_check.py` reports the graph count.
+    Sizes 0 and 1 are always specialized by dynamo: a length-1 step gets its own graph.
+    """
+    for t in tensors:
+        for dim in (0, 1) if rows else (1,):
+            torch._dynamo.maybe_mark_dynamic(t, dim)
 
 
 def build_model(spec, vocab_size: int) -> nn.Module:

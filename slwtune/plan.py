@@ -95,7 +95,7 @@ def make_plan(spec: JobSpec) -> dict:
     tuning_tokens = int(round(trials * probe_tokens)) + control_tokens
     reused = int(round(probe_tokens)) if spec.tuning.reuse_probe_checkpoint else 0
     full_tokens = spec.budget.train_tokens
-    # Full-run FLOPs: warmup at the probes' average cost per token, the rest at full length.
+    # Full-run FLOPs: every token at full length (an upper bound: the full run's own warmup is cheaper).
     full_flops = full_tokens * flops_fn(spec.slw.full_length)
     return {
         "strategy": spec.tuning.strategy,

@@ -39,7 +39,7 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """The model to train: slwtune's GPT (a preset from `slwtune.model.MODEL_PRESETS`, optionally
+    """The model to train: slwtune's GPT (a preset from `slwtune.model_presets.MODEL_PRESETS`, optionally
     overridden), a Hugging Face causal LM (`family: hf`, see `slwtune.hf_model`), or your own
     training function (`entrypoint`, see `slwtune.user_loop`: it brings its model and data)."""
 

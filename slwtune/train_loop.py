@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from slwtune import metrics as M
-from slwtune.batching import apply_seqlen
+from slwtune.batching import DeviceBatches, apply_seqlen
 from slwtune.checkpoint import (TrainState, load_checkpoint, local_checkpoint_dir, save_checkpoint, seed_everything,
                                 unwrap)
 from slwtune.data import DatasetMeta, WindowSampler, eval_batches, open_tokens, resolve_dataset
-from slwtune.model import build_model, configure_optimizer, estimate_mfu, peak_flops
+from slwtune.model import build_model, configure_optimizer, estimate_mfu, mark_length_dynamic, peak_flops
 from slwtune.pacing import make_pacing
 from slwtune.schedule import lr_schedule_from_spec
 from slwtune.spec import JobSpec
@@ -78,7 +78,8 @@ def forward_backward(forward, model, windows: torch.Tensor, length: int, spec: J
     tokens = 0
     for i in range(accum):
         x, y, n = apply_seqlen(windows[i * micro:(i + 1) * micro], length, spec.slw.mode)  # (rows, L)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if spec.run.compile and spec.slw.enabled:
+            mark_length_dynamic(x, y, rows=spec.slw.mode == "reshape")
         # DDP all-reduces gradients only on the last micro-batch
         sync = nullcontext() if (world == 1 or i == accum - 1) else model.no_sync()
         with sync, autocast_for(spec, device):
@@ -108,7 +109,9 @@ def adam_stats(optimizer) -> tuple[float, float]:
 
 @torch.no_grad()
 def evaluate(model, batches: list[torch.Tensor], session: Session, spec: JobSpec) -> float:
-    """Mean validation loss at full length; batches are split over ranks and reduced."""
+    """Mean validation loss at full length; batches are split over ranks and reduced.
+    `model` is the plain module, never the compiled one: a compiled eval (other grad mode,
+    other shape) would be one more graph to compile, which a short probe does not win back."""
     model.eval()
     total = torch.zeros(2, device=session.device)  # (sum of losses, count)
     for i in range(session.rank, len(batches), session.world_size):
@@ -140,6 +143,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
     # world x more rows from the memmap (small next to a step).
     sampler = WindowSampler(open_tokens(data_dir, "train"), window, spec.data.batch_size, seed=spec.seed)
     rows = slice(rank * spec.data.batch_size // world, (rank + 1) * spec.data.batch_size // world)
+    batches = DeviceBatches(lambda step: sampler.batch(step)[rows], device)  # (B / world, e+1) by (seed, step)
     val = eval_batches(open_tokens(data_dir, "val"), window,
                        spec.run.eval_batch_size or spec.data.batch_size, spec.run.eval_batches)
     model = build_model(spec, meta.vocab_size).to(device)
@@ -158,6 +162,9 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Compiled under SLW: one graph, dynamic in the length (forward_backward marks it), for
+    # every length including the full one; without SLW a static one. Why not also a static
+    # full-length graph: docs/results.md (no gain measured, one more compile per run).
     forward = torch.compile(model) if spec.run.compile else model
     raw_config = unwrap(model).config
     if device.type == "cuda":
@@ -180,8 +187,9 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        windows = sampler.batch(state.step)[rows]  # (B / world, e+1), deterministic by (seed, step)
-        loss, step_tokens = forward_backward(forward, model, windows, length, spec, device, micro, accum, world)
+        loss, step_tokens = forward_backward(forward, model, batches.get(state.step), length, spec, device,
+                                             micro, accum, world)
+        batches.prefetch(state.step + 1)  # read while the device computes; the signals below wait for it
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf"))
         loss_value, grad_value = step_signals(loss, grad_norm, world)
@@ -213,7 +221,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
                     or state.step >= max_steps)
         if state.step % report_every == 0 or finished:
             if verdict.status != M.DIVERGED:
-                val_loss = evaluate(forward, val, session, spec)
+                val_loss = evaluate(unwrap(model), val, session, spec)
                 row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, M.perplexity(val_loss)
                 verdict = monitor.observe_val(state.step, val_loss)
             finished = finished or should_stop(verdict, options)
@@ -274,6 +282,8 @@ def reserve_full_length_memory(model, spec: JobSpec, device: torch.device) -> No
     """One forward/backward at full length so later (shorter) steps reuse its memory."""
     rows = spec.micro_batch_size()
     x = torch.zeros(rows, spec.slw.full_length, dtype=torch.long, device=device)
+    if spec.run.compile and spec.slw.enabled:
+        mark_length_dynamic(x, rows=spec.slw.mode == "reshape")  # compile the graph every length uses
     with autocast_for(spec, device):
         _, loss = model(x, x)
     loss.backward()

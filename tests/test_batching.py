@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slwtune.batching import apply_seqlen, reshape_batch, truncate_batch
+from slwtune.batching import DeviceBatches, apply_seqlen, reshape_batch, truncate_batch
 
 
 def windows(b=3, e=16):
@@ -44,3 +44,28 @@ def test_out_of_range_length_rejected(length):
 def test_unknown_mode_rejected():
     with pytest.raises(ValueError, match="pad"):
         apply_seqlen(windows(), 4, mode="pad")
+
+
+@pytest.mark.parametrize("length", [4, 8, 16])
+def test_reshape_is_contiguous_at_every_length(length):
+    # a compiled model guards on strides: the layout must not change when one chunk is left
+    x, y, _ = reshape_batch(windows(), length)
+    assert x.is_contiguous() and y.is_contiguous()
+
+
+def test_device_batches_prefetch_gives_the_same_windows_once():
+    reads = []
+
+    def read(step):
+        reads.append(step)
+        return windows() + step
+
+    batches = DeviceBatches(read, torch.device("cpu"))
+    first = batches.get(1)
+    batches.prefetch(2)
+    assert reads == [1, 2]  # read ahead, before it is asked for
+    assert torch.equal(batches.get(2), windows() + 2) and reads == [1, 2]
+    assert torch.equal(batches.get(2), windows() + 2) and reads == [1, 2, 2]  # used once, then read again
+    batches.prefetch(3)
+    assert torch.equal(batches.get(5), windows() + 5)  # a stale read-ahead is not used
+    assert torch.equal(first, windows() + 1)

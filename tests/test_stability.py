@@ -283,3 +283,12 @@ def test_adam_variance_stats_are_device_tensors_without_host_sync():
     for t in adam_variance_stats(opt):
         assert isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype == torch.float32
         assert t.device == next(model.parameters()).device
+
+
+def test_the_rules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, slwtune.stability; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,9 +1,10 @@
 """What the service reads from MLflow: a job's parent run (phase, progress, chosen knobs) and its trials.
 
 The job driver owns the run tree (see `slwtune.driver` and `slwtune.tracking`);
-this module reads it, and writes only one thing: after a cancel, it ends the
-runs the stopped driver left RUNNING. MLflow being down raises `BackendUnavailable`; the
-callers decide whether to fall back to what the registry already has.
+this module reads it, and writes only this: it ends as KILLED the runs a stopped or lost driver
+left RUNNING, and deletes a job's runs when asked to (DELETE ?delete_mlflow_runs=true). MLflow
+being down raises `BackendUnavailable`; the callers decide whether to fall back to what the
+registry already has.
 """
 
 from __future__ import annotations
@@ -199,14 +200,19 @@ class MlflowReader:
             })
         return out
 
-    def mark_killed(self, uri: str, experiment_id: str, parent_run_id: str) -> None:
-        """End the parent run and its still-running children as KILLED (the one write: after a cancel)."""
+    def mark_killed(self, uri: str, experiment_id: str, parent_run_id: str, kinds: frozenset[str] | None = None) -> int:
+        """End the parent run and its still-running children as KILLED (after a cancel, or the runs a
+        lost driver left behind); with `kinds`, only the children of those kinds. Returns how many."""
         client = self._client(uri)
-        children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id) if t["status"] == RUNNING]
-        for run_id in [parent_run_id, *children]:
+        children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id)
+                    if t["status"] == RUNNING and (kinds is None or t["kind"] in kinds)]
+        ended = 0
+        for run_id in ([] if kinds else [parent_run_id]) + children:
             run = self._call(uri, "get run", client.get_run, run_id)
             if run is not None and run.info.status == RUNNING:
                 self._call(uri, "end run", client.set_terminated, run_id, status=KILLED)
+                ended += 1
+        return ended
 
     def run_link(self, base: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
         """The job's runs in the MLflow UI (parent and children, the columns that matter); `run_id` is the parent."""

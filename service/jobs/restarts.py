@@ -40,6 +40,7 @@ CANNOT_START = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_STA
                           "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_ENTRYPOINT_COMMAND_START_ERROR"})
 NO_RECORD = "Ray has no record of the job's driver (was the Ray head restarted?)"
 STOPPED_IN_RAY = "Ray stopped the driver, but not on a cancel from this service"
+PROBE_KINDS = frozenset({M.KIND_PROBE, M.KIND_CONTROL})
 STATE_FILE = "job.json"  # slwtune.job.STATE_FILE (that module imports torch; the API does not)
 
 
@@ -143,9 +144,23 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
             return
     log.warning("job %s: driver lost (%s); resubmitted as %s%s", row.id, reason, new_id,
                 " with --resume" if resumed else " from the start")
-    if not resumed:  # a fresh driver makes a new parent run; the old one stays behind as KILLED
+    if resumed:  # the killed driver's unfinished probes are run again under new runs: close the old ones
+        _close_orphaned_probes(row, b)
+    else:  # a fresh driver makes a new parent run; the old one stays behind as KILLED
         _forget_parent_run(row, b)
     _stop_if_deleted_meanwhile(session, row, b, new_id)
+
+
+def _close_orphaned_probes(row: JobRow, b: Backends) -> None:
+    """Probe runs the lost driver left RUNNING end as KILLED, so the MLflow UI does not show them running
+    forever. The full run's run is left alone: the resumed driver goes on logging to it."""
+    if not row.mlflow_parent_run_id or not row.mlflow_experiment_id:
+        return
+    try:
+        b.mlflow.mark_killed(b.tracking_uri(row), row.mlflow_experiment_id, row.mlflow_parent_run_id,
+                             kinds=PROBE_KINDS)
+    except (BackendUnavailable, BackendError) as exc:
+        log.warning("job %s: could not end the lost driver's probe runs: %s", row.id, exc)
 
 
 def _forget_parent_run(row: JobRow, b: Backends) -> None:

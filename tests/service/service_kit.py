@@ -127,8 +127,13 @@ class FakeMlflow(MlflowReader):
         self._check()
         return self.children.get(parent_run_id, [])
 
-    def mark_killed(self, uri, experiment_id, parent_run_id):
-        self.killed.append(parent_run_id)
+    def mark_killed(self, uri, experiment_id, parent_run_id, kinds=None):
+        if kinds is None:
+            self.killed.append(parent_run_id)
+        for child in self.children.get(parent_run_id, []):
+            if child.get("status") == "RUNNING" and (kinds is None or child.get("kind") in kinds):
+                child["status"] = "KILLED"
+                self.killed.append(child["run_id"])
 
     def report(self, uri, run_id):
         self._check()

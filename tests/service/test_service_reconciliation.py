@@ -36,7 +36,7 @@ def test_nothing_stable_is_failed_with_a_reason(api):
     assert (got["state"], got["phase"], got["error"]) == ("failed", "selecting", NO_STABLE)
 
 
-DIVERGED_AT = "full run diverged: loss ratio 3.10 > 1.5 at step 12"
+DIVERGED_AT = "full run diverged: loss ratio 3.10 at step 12 exceeds 1.5 (loss 9.3, minimum so far 3)"
 
 
 @pytest.mark.parametrize("exit_code,report,tags,message,expected", [

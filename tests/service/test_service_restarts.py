@@ -49,6 +49,7 @@ def test_a_killed_driver_is_resubmitted_with_resume(api):
     assert argv[-3:] == ["tune", "--resume", str(api.out_dir(job["id"]))]
     assert api.ray.jobs[new]["metadata"]["slwtune_job_id"] == job["id"]
     assert got["links"]["ray_dashboard"].endswith(f"/#/jobs/{new}")
+    assert api.mlflow.killed == [] and api.mlflow.children == {}  # nothing in MLflow yet: nothing to end
     # The restarted driver is the one the job follows from now on, PENDING included.
     assert read(api, job["id"])["state"] == "running"
     api.ray.jobs[new].update(status="SUCCEEDED", exit=M.EXIT_OK)
@@ -195,3 +196,17 @@ def test_describe_exit(code, words):
     assert words in describe_exit(RayJobInfo("FAILED", "m", code))
     assert describe_exit(RayJobInfo("FAILED", "Job supervisor actor died: node gone\nmore", None)) == (
         "Ray lost the driver: Job supervisor actor died: node gone")
+
+
+def test_a_resumed_drivers_orphaned_probe_runs_are_ended_but_not_its_full_run(api):
+    job = api.submit()
+    api.mlflow.parents[job["id"]] = parent(job["id"], phase="full_run")
+    api.mlflow.children[f"run-{job['id']}"] = [
+        {"run_id": "p1", "kind": "probe", "status": "FINISHED"},
+        {"run_id": "p2", "kind": "probe", "status": "RUNNING"},   # the killed driver's probe
+        {"run_id": "f1", "kind": "full_run", "status": "RUNNING"},  # the resumed driver logs on to it
+    ]
+    write_job_state(api, job["id"])
+    kill(api, job["id"])
+    assert read(api, job["id"])["restarts"][0]["resumed"]
+    assert api.mlflow.killed == ["p2"]

@@ -132,6 +132,25 @@ def end_marked(marker: str, grace: float = 10) -> None:
             return
 
 
+def cmdline(pid: int) -> list[str]:
+    """A process's argv (its title, for Ray's workers: `ray::RayTrainWorker...`); [] once it is gone."""
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def kill_pid(pid: int, sig: int = signal.SIGKILL, wait: float = 10) -> None:
+    """Send `sig` to one process, by its id (never by name), and wait until it is gone or a zombie."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + wait
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def sign_in_text(dashboard_url: str, token: str) -> str:
     """What the person who started a loopback-only Ray head needs to open its dashboard.
 
@@ -198,6 +217,12 @@ class RayHead:
         end_marked(self.marker)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def pids(self, *words: str) -> list[int]:
+        """This cluster's processes whose command line holds every one of `words` (e.g. a job's
+        driver: "slwtune.cli", job id; a Train worker: "RayTrainWorker")."""
+        return [pid for pid in marked_pids(self.marker)
+                if (argv := " ".join(cmdline(pid))) and all(w in argv for w in words)]
+
 
 @dataclass
 class MlflowServer:
@@ -222,6 +247,11 @@ class MlflowServer:
 
     def stop(self) -> None:
         end_process(self.proc)
+
+    def restart(self, timeout: float = 120) -> None:
+        """Up again on the same port and store (what its clients were told)."""
+        self.stop()
+        self.start(timeout)
 
 
 @dataclass
@@ -256,6 +286,13 @@ class ApiServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the API process by its id: no shutdown, no lifespan exit (a crash, the OOM killer)."""
+        if self.proc is not None:
+            kill_pid(self.proc.pid)
+            self.proc.wait(10)
+            self.proc = None
 
 
 def api_env(root: Path, ray: RayHead, mlflow: MlflowServer, **extra: str) -> dict[str, str]:

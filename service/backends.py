@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
@@ -79,6 +79,34 @@ class RefreshClock:
             self._last.pop(job_id, None)
 
 
+class Outages:
+    """Which backend this process last found unreachable, since when and why (in memory, like the clock).
+
+    A job read answers from the registry when Ray or MLflow is down; this says so in the job's
+    `unavailable` field instead of failing the read. Cleared by the next call that gets through.
+    """
+
+    def __init__(self) -> None:
+        self._down: dict[str, tuple[float, str]] = {}  # backend -> (wall time it went down, message)
+        self._lock = threading.Lock()
+
+    def down(self, backend: str, message: str) -> None:
+        with self._lock:
+            since = self._down.get(backend, (time.time(), ""))[0]
+            self._down[backend] = (since, message)
+
+    def up(self, backend: str) -> None:
+        with self._lock:
+            self._down.pop(backend, None)
+
+    def current(self) -> dict[str, str]:
+        """{backend: "<message> (since <UTC time>); ..."} for every backend now known to be down."""
+        with self._lock:
+            items = list(self._down.items())
+        return {name: f"{message} (since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))}); what "
+                      f"depends on it is as last seen" for name, (since, message) in items}
+
+
 @dataclass
 class Backends:
     """The clients one request may need; `timer` collects the time spent waiting on them."""
@@ -88,6 +116,7 @@ class Backends:
     mlflow: MlflowReader
     timer: BackendTimer
     clock: RefreshClock
+    outages: Outages = field(default_factory=Outages)
 
     def tracking_uri(self, row: JobRow) -> str:
         """The MLflow server a job logs to: the one stored at submit, else the server's."""

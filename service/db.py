@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import (JSON, Boolean, DateTime, Index, String, Text, UniqueConstraint, create_engine, event,
+                        inspect, text)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -48,6 +49,12 @@ class JobRow(Base):
     mlflow_tracking_uri: Mapped[str | None] = mapped_column(Text, default=None)
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
     mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # What the driver's report says once the job ended (slwtune.metrics.OUTCOME_*), and the report's
+    # fields the job view shows (full_run, control, baseline_wins, message, warnings, disk_bytes).
+    outcome: Mapped[str | None] = mapped_column(String(32), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Each time this service resubmitted a lost driver: {at, reason, ray_submission_id, resumed}.
+    restarts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -79,7 +86,24 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
+    """The tables, and any column a newer version added to an existing registry (all nullable)."""
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """`ALTER TABLE ... ADD COLUMN` for the model's columns a registry made by an older version lacks.
+
+    The registry outlives API upgrades (a SQLite file, a compose PostgreSQL volume); new columns are
+    nullable, so adding them is all an upgrade needs.
+    """
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have]
+        with engine.begin() as conn:
+            for column in missing:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -52,3 +52,12 @@ class IdempotencyInProgress(Conflict):
 class QuotaExceeded(Exception):
     """A principal would hold more than this service allows at once (429); the message names the
     limit, its setting and the value."""
+
+
+class JobStillStopping(Conflict):
+    """A delete asked Ray to stop the job's driver, which has not confirmed yet: nothing was deleted."""
+
+    retry_after_s = 5
+
+    def __init__(self) -> None:
+        super().__init__("the job's driver is still stopping; nothing was deleted yet: retry shortly")

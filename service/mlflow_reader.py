@@ -1,9 +1,10 @@
 """What the service reads from MLflow: a job's parent run (phase, progress, chosen knobs) and its trials.
 
 The job driver owns the run tree (see `slwtune.driver` and `slwtune.tracking`);
-this module reads it, and writes only one thing: after a cancel, it ends the
-runs the stopped driver left RUNNING. MLflow being down raises `BackendUnavailable`; the
-callers decide whether to fall back to what the registry already has.
+this module reads it, and writes only this: it ends as KILLED the runs a stopped or lost driver
+left RUNNING, and deletes a job's runs when asked to (DELETE ?delete_mlflow_runs=true). MLflow
+being down raises `BackendUnavailable`; the callers decide whether to fall back to what the
+registry already has.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from service.backends import BackendError, BackendUnavailable
 
 # MLflow's own run statuses
 RUNNING, KILLED = "RUNNING", "KILLED"
+REPORT_ARTIFACT = "report.json"  # the driver logs its report at the root of the parent run's artifacts
 
 
 @dataclass
@@ -33,6 +35,8 @@ class ParentRun:
     progress: str | None
     verdict: str | None  # M.CHOSEN | M.NONE_STABLE, once the selection is done
     chosen: dict[str, int] | None
+    outcome: str | None = None  # M.OUTCOME_*, set when the driver ends
+    reason: str | None = None   # why the job failed, set with the outcome
 
 
 def _int(value: Any) -> int | None:
@@ -128,8 +132,9 @@ class MlflowReader:
                 return None
             # The job id is ours (hex), safe inside the filter string.
             query = f"tags.`{M.TAG_JOB_ID}` = '{job_id}' and tags.`{M.TAG_KIND}` = '{M.KIND_JOB}'"
+            # Newest first: a driver restarted from the start makes a new parent run with the same job id.
             runs = self._call(uri, "search runs", client.search_runs, [exp.experiment_id], filter_string=query,
-                              max_results=1)
+                              order_by=["attributes.start_time DESC"], max_results=1)
             run = runs[0] if runs else None
         if run is None:
             return None
@@ -140,7 +145,35 @@ class MlflowReader:
             chosen = {"start_length": start, "duration_steps": duration}
         return ParentRun(run_id=run.info.run_id, experiment_id=run.info.experiment_id, status=run.info.status,
                          phase=tags.get(M.TAG_PHASE), progress=tags.get(M.TAG_PROGRESS),
-                         verdict=tags.get(M.TAG_VERDICT), chosen=chosen)
+                         verdict=tags.get(M.TAG_VERDICT), chosen=chosen, outcome=tags.get(M.TAG_OUTCOME),
+                         reason=None if tags.get(M.TAG_REASON) in (None, M.NO_REASON) else tags.get(M.TAG_REASON))
+
+    def report(self, uri: str, run_id: str) -> dict | None:
+        """The driver's report.json, logged on the job's parent run when the job ended; None when absent."""
+        import json
+        import tempfile
+
+        client = self._client(uri)
+        listed = self._call(uri, "list artifacts", client.list_artifacts, run_id) or []
+        if REPORT_ARTIFACT not in {a.path for a in listed}:
+            return None  # not logged (yet, or the upload failed): the parent run's tags still tell the outcome
+        with tempfile.TemporaryDirectory(prefix="slwtune-report-") as tmp:
+            path = self._call(uri, "download the report", client.download_artifacts, run_id, REPORT_ARTIFACT, tmp)
+            if path is None:
+                return None
+            try:
+                data = json.loads(open(path).read())
+            except (OSError, ValueError):
+                return None
+        return data if isinstance(data, dict) else None
+
+    def delete_runs(self, uri: str, experiment_id: str, parent_run_id: str) -> int:
+        """Delete the job's parent run and its children (MLflow's soft delete); returns how many."""
+        client = self._client(uri)
+        ids = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id)] + [parent_run_id]
+        for run_id in ids:
+            self._call(uri, "delete run", client.delete_run, run_id)
+        return len(ids)
 
     def trials(self, uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
         """The parent's child runs (probes, then the full run), oldest first, as TrialPublic fields."""
@@ -167,14 +200,19 @@ class MlflowReader:
             })
         return out
 
-    def mark_killed(self, uri: str, experiment_id: str, parent_run_id: str) -> None:
-        """End the parent run and its still-running children as KILLED (the one write: after a cancel)."""
+    def mark_killed(self, uri: str, experiment_id: str, parent_run_id: str, kinds: frozenset[str] | None = None) -> int:
+        """End the parent run and its still-running children as KILLED (after a cancel, or the runs a
+        lost driver left behind); with `kinds`, only the children of those kinds. Returns how many."""
         client = self._client(uri)
-        children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id) if t["status"] == RUNNING]
-        for run_id in [parent_run_id, *children]:
+        children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id)
+                    if t["status"] == RUNNING and (kinds is None or t["kind"] in kinds)]
+        ended = 0
+        for run_id in ([] if kinds else [parent_run_id]) + children:
             run = self._call(uri, "get run", client.get_run, run_id)
             if run is not None and run.info.status == RUNNING:
                 self._call(uri, "end run", client.set_terminated, run_id, status=KILLED)
+                ended += 1
+        return ended
 
     def run_link(self, base: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
         """The job's runs in the MLflow UI (parent and children, the columns that matter); `run_id` is the parent."""

@@ -30,6 +30,7 @@ class RayJobInfo:
     status: str  # PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
     message: str | None = None
     driver_exit_code: int | None = None
+    error_type: str | None = None  # Ray's JobErrorType when it FAILED (e.g. RUNTIME_ENV_SETUP_FAILURE)
 
     @property
     def state(self) -> str:
@@ -104,7 +105,7 @@ class RayJobs:
                                      metadata=metadata)
 
     def info(self, job_id: str) -> RayJobInfo | None:
-        """The job's status, or None when Ray does not know the job."""
+        """The status of submission `job_id`, or None when Ray does not know it."""
         client = self.client()
         try:
             with self._calls("status"):
@@ -124,8 +125,10 @@ class RayJobs:
 
     @staticmethod
     def _info(details) -> RayJobInfo:
+        error_type = getattr(details, "error_type", None)
         return RayJobInfo(status=str(getattr(details.status, "value", details.status)), message=details.message,
-                          driver_exit_code=getattr(details, "driver_exit_code", None))
+                          driver_exit_code=getattr(details, "driver_exit_code", None),
+                          error_type=str(getattr(error_type, "value", error_type)) if error_type else None)
 
     def stop(self, job_id: str) -> bool:
         client = self.client()

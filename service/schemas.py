@@ -46,6 +46,49 @@ class Chosen(BaseModel):
     duration_steps: int
 
 
+JobOutcome = Literal[M.OUTCOME_DONE, M.OUTCOME_RUN_FAILED, M.OUTCOME_NONE_STABLE, M.OUTCOME_PROBES_CRASHED]
+
+
+class FullRun(BaseModel):
+    """The full run as the driver's report tells it (report.json `full_run`)."""
+
+    verdict: str | None = Field(None, description=" | ".join(M.VERDICTS))
+    reason: str | None = Field(None, description="why it diverged or crashed: the step and the signal")
+    steps: int | None = None
+    tokens: int | None = None
+    final_val_ppl: float | None = None
+    best_val_ppl: float | None = None
+    max_loss_ratio: float | None = None
+    checkpoint: str | None = Field(None, description="the final training checkpoint (with its storage scheme)")
+    model: str | None = Field(None, description="the exported model file (`slwtune.export.load_model`)")
+    mlflow_run_id: str | None = None
+    continued_from_probe: bool | None = None
+    slw_enabled: bool | None = Field(None, description="false: the baseline ran (the control probe won)")
+    mlflow_unsent: int | None = Field(None, description="metrics MLflow never took (kept in the job folder)")
+
+
+class ControlProbe(BaseModel):
+    """The baseline probe (SLW off over the probe window) the SLW probes are compared with."""
+
+    verdict: str | None = None
+    reason: str | None = None
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    tokens: int | None = None
+    steps: int | None = None
+    max_loss_ratio: float | None = None
+
+
+class DriverRestart(BaseModel):
+    """One time this service resubmitted the job's lost driver."""
+
+    at: datetime
+    reason: str = Field(description="how the driver was lost: the signal or exit code, or Ray's message")
+    ray_submission_id: str = Field(description="the Ray submission of the restarted driver")
+    resumed: bool = Field(description="true: `slwtune tune --resume` (finished rounds not rerun); "
+                                      "false: from the start (the driver left no job.json)")
+
+
 class JobLinks(BaseModel):
     ray_dashboard: str | None = Field(None, description="the Ray dashboard page of the job's driver")
     mlflow_run: str | None = Field(None, description="the MLflow parent run of the job")
@@ -64,15 +107,37 @@ class JobPublic(BaseModel):
     cancel_requested: bool = False
     created_at: datetime
     updated_at: datetime
-    ray_submission_id: str | None = None
+    ray_submission_id: str | None = Field(None, description="the current driver's (`<id>-r<n>` after restarts)")
     mlflow_parent_run_id: str | None = None
     links: JobLinks
+    outcome: JobOutcome | None = Field(None, description="what the driver's report says happened, once it ended")
+    full_run: FullRun | None = None
+    control: ControlProbe | None = None
+    baseline_wins: bool | None = Field(None, description="the control (SLW off) was stable and at least as good")
+    message: str | None = Field(None, description="the report's plain statement (e.g. SLW is not needed)")
+    warnings: list[str] = Field(default_factory=list,
+                                description="what went wrong around the job without failing it (MLflow down)")
+    disk_bytes: int | None = Field(None, description="what the finished job keeps on disk: job folder + checkpoints")
+    restarts: list[DriverRestart] = Field(default_factory=list)
+    unavailable: dict[str, str] = Field(
+        default_factory=dict,
+        description="backends (ray, mlflow) this API cannot reach now: the fields that come from them are as "
+                    "last seen (an unfinished job only)")
 
 
 class JobDetail(JobPublic):
     """A job with its validated spec."""
 
     spec: dict[str, Any]
+
+
+class JobDeleted(BaseModel):
+    """What DELETE /v1/jobs/{id} removed."""
+
+    id: str
+    checkpoint_runs_deleted: int = Field(description="Ray Train/Tune runs of the job removed from the storage")
+    bytes_freed: int = Field(description="checkpoints plus the job folder")
+    mlflow_runs_deleted: int = Field(description="0 unless delete_mlflow_runs=true")
 
 
 class JobsPublic(BaseModel):

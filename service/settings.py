@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from slwtune import settings as library_settings
+
 
 TOKENS_FORMAT = ("principal:token[,principal:token...], each token 16+ characters, e.g. "
                  "SLWTUNE_API_TOKENS=ops:$(openssl rand -hex 32)")
@@ -78,6 +80,14 @@ class Settings(BaseSettings):
     driver_env: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["SLWTUNE_STORAGE", "SLWTUNE_CACHE_DIR", "SLWTUNE_PRESETS_DIR", "HF_HOME"],
         description="variables of this process passed on to the driver when set (comma separated)")
+    storage: str = Field(
+        default_factory=library_settings.storage,
+        description="the Ray Train/Tune storage the jobs' drivers use (path or URI; the cluster's "
+                    "SLWTUNE_STORAGE): DELETE /v1/jobs/{id} removes a job's checkpoints there")
+    max_driver_restarts: int = Field(
+        2, ge=0, le=100,
+        description="how many times a job whose driver was lost (killed, its node or the Ray head gone) is "
+                    "resubmitted with `slwtune tune --resume`; 0: never")
     allowed_entrypoints: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="model.entrypoint values a job may name (comma separated, exact package.module:function): "

@@ -60,7 +60,8 @@ CurrentPrincipal = Annotated[str, Depends(get_principal)]
 
 async def get_backends(request: Request) -> Backends:
     s = request.app.state
-    b = Backends(settings=s.settings, ray=s.ray, mlflow=s.mlflow, timer=BackendTimer(), clock=s.clock)
+    b = Backends(settings=s.settings, ray=s.ray, mlflow=s.mlflow, timer=BackendTimer(), clock=s.clock,
+                 outages=s.outages)
     request.state.backend_timer = b.timer  # the error handlers report it too (Server-Timing)
     return b
 

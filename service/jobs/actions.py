@@ -1,16 +1,24 @@
-"""What a principal does with its jobs once submitted: read, list, cancel, logs, trials."""
+"""What a principal does with its jobs once submitted: read, list, cancel, delete, logs, trials."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from slwtune import storage
+from slwtune.storage import job_prefix
+
 from service.backends import BackendError, Backends
 from service.db import JobRow, utcnow
-from service.errors import JobFinished, JobNotFound
-from service.jobs.reconciliation import experiment_of, refresh
+from service.errors import JobFinished, JobNotFound, JobStillStopping
+from service.jobs.reconciliation import experiment_of, refresh, submission_of
+from service.jobs.results import job_dir
+
+log = logging.getLogger("slwtune.service")
 
 # How often a cancel asks Ray again while it waits for the stop to be confirmed.
 CANCEL_POLL_S = 0.25
@@ -40,30 +48,84 @@ def cancel(session: Session, row: JobRow, b: Backends) -> JobRow:
     refresh(session, row, b, force=True)
     if row.terminal:
         raise JobFinished(row.state)
+    stop_driver(session, row, b)
+    return row
+
+
+def stop_driver(session: Session, row: JobRow, b: Backends) -> None:
+    """Mark the cancel, stop the current driver, and wait up to `cancel_wait_s` for Ray to confirm.
+
+    The mark comes first, so that a reconciliation pass that sees the driver STOPPED meanwhile
+    takes it for a cancel, not for a lost driver to restart.
+    """
+    row.cancel_requested, row.updated_at = True, utcnow()
+    session.commit()
     try:
         with b.timer.measure("ray"):
-            b.ray.stop(row.id)
+            b.ray.stop(submission_of(row))
     except BackendError:
         if row.ray_submission_id:
             raise
         # Never reached Ray: nothing runs, so the cancel is immediate.
-        row.state, row.cancel_requested, row.updated_at = "cancelled", True, utcnow()
+        row.state, row.updated_at = "cancelled", utcnow()
         session.commit()
-        return row
-    row.cancel_requested, row.updated_at = True, utcnow()
-    session.commit()
+        return
     deadline = time.monotonic() + b.settings.cancel_wait_s
     refresh(session, row, b, force=True)
     while not row.terminal and time.monotonic() < deadline:
         time.sleep(CANCEL_POLL_S)
         refresh(session, row, b, force=True)
-    return row
+
+
+def delete(session: Session, row: JobRow, b: Backends, delete_mlflow_runs: bool) -> dict:
+    """Cancel the job if it runs, then remove its checkpoints, its job folder and its registry row.
+
+    Its MLflow runs are kept unless `delete_mlflow_runs`. Ordered so that a refusal leaves the job
+    whole (and a retry finishes the work): the driver must be stopped first (409 while Ray has not
+    confirmed it, 503 when Ray cannot be reached), then MLflow (503 when it cannot be reached),
+    then the files, then the row. Without its row the job cannot come back through reconciliation.
+    """
+    refresh(session, row, b, force=True)
+    if not row.terminal:
+        stop_driver(session, row, b)
+        if not row.terminal:
+            raise JobStillStopping()
+    runs_deleted = 0
+    if delete_mlflow_runs:
+        runs_deleted = _delete_mlflow_runs(session, row, b)
+    prefix = job_prefix(row.spec["name"], row.id)
+    runs = storage.job_runs(b.settings.storage, prefix)
+    freed = sum(storage.size_bytes(r) for r in runs)
+    for run in runs:
+        storage.delete(run)
+    folder = job_dir(b.settings, row.id)
+    freed += storage.size_bytes(str(folder))
+    shutil.rmtree(folder, ignore_errors=True)
+    session.delete(row)
+    session.commit()
+    b.clock.forget(row.id)
+    log.info("job %s deleted: %d checkpoint run(s), %d bytes, %d MLflow run(s)", row.id, len(runs), freed,
+             runs_deleted)
+    return {"id": row.id, "checkpoint_runs_deleted": len(runs), "bytes_freed": freed,
+            "mlflow_runs_deleted": runs_deleted}
+
+
+def _delete_mlflow_runs(session: Session, row: JobRow, b: Backends) -> int:
+    uri = b.tracking_uri(row)
+    if not row.mlflow_parent_run_id or not row.mlflow_experiment_id:
+        with b.timer.measure("mlflow"):
+            parent = b.mlflow.parent_run(uri, experiment_of(row.spec), row.id)
+        if parent is None:
+            return 0
+        row.mlflow_parent_run_id, row.mlflow_experiment_id = parent.run_id, parent.experiment_id
+    with b.timer.measure("mlflow"):
+        return b.mlflow.delete_runs(uri, row.mlflow_experiment_id, row.mlflow_parent_run_id)
 
 
 def tail_logs(row: JobRow, b: Backends, lines: int) -> tuple[list[str], bool]:
     """The last `lines` lines of the driver's log, and whether older ones were left out."""
     with b.timer.measure("ray"):
-        text = b.ray.logs(row.id) if row.ray_submission_id else ""
+        text = b.ray.logs(submission_of(row)) if row.ray_submission_id else ""
     all_lines = text.splitlines()
     return all_lines[-lines:], len(all_lines) > lines
 

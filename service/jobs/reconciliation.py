@@ -1,4 +1,5 @@
-"""The registry brought up to date with Ray (state) and MLflow (phase, progress, chosen knobs)."""
+"""The registry brought up to date with Ray (state), MLflow (phase, progress, chosen knobs) and the
+driver's report (outcome, error, the full run); a lost driver is resubmitted (`restarts`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from slwtune import metrics as M
 
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import TERMINAL_STATES, JobRow, as_utc, utcnow
+from service.jobs.restarts import lost_reason, restart
+from service.jobs.results import failure_reason, load_report, outcome_of, view_fields
+from service.mlflow_reader import ParentRun
 from service.ray_jobs import RayJobInfo
 
 log = logging.getLogger("slwtune.service")
 
-NO_STABLE = "no stable configuration"
 # Reconciling more unfinished jobs than this at once lists Ray's jobs in one call.
 BATCH_STATUS_AT = 10
 # A row that never got its Ray submission (the API died between insert and submit) is failed after this.
@@ -39,13 +42,6 @@ def api_phase(driver_phase: str | None, chosen: dict | None, current: str | None
     return current
 
 
-def failure_reason(info: RayJobInfo, verdict: str | None) -> str:
-    """Why a FAILED driver failed: nothing stable (the parent run's verdict or the exit code), else Ray's message."""
-    if verdict == M.NONE_STABLE or info.driver_exit_code == M.EXIT_NONE_STABLE:
-        return NO_STABLE
-    return (info.message or "the job driver failed")[:2000]
-
-
 def needs_refresh(row: JobRow, b: Backends, *, reader: bool = False) -> bool:
     """Whether to ask Ray and MLflow about this job now: non-terminal and not asked lately.
 
@@ -61,6 +57,11 @@ ASK_RAY = object()  # refresh() asks Ray itself
 RAY_DOWN = object()  # the caller found Ray unreachable: leave the state as it is
 
 
+def submission_of(row: JobRow) -> str:
+    """The Ray submission of the job's current driver (the job id, or `<id>-r<n>` after restarts)."""
+    return row.ray_submission_id or row.id
+
+
 def _ray_info(row: JobRow, b: Backends, ray_info: RayJobInfo | None | object) -> tuple[RayJobInfo | None, bool]:
     """(Ray's answer, whether Ray answered): the caller's, or asked now."""
     if ray_info is RAY_DOWN:
@@ -69,15 +70,65 @@ def _ray_info(row: JobRow, b: Backends, ray_info: RayJobInfo | None | object) ->
         return ray_info, True  # type: ignore[return-value]
     try:
         with b.timer.measure("ray"):
-            return b.ray.info(row.id), True
+            info = b.ray.info(submission_of(row))
     except (BackendUnavailable, BackendError) as exc:
         log.warning("job %s: Ray status unknown: %s", row.id, exc)
+        if isinstance(exc, BackendUnavailable):
+            b.outages.down("ray", str(exc))
         return None, False
+    b.outages.up("ray")
+    return info, True
+
+
+def _parent_run(row: JobRow, b: Backends, info: RayJobInfo | None) -> ParentRun | None:
+    """The job's MLflow parent run, or None (not made yet, or MLflow down: noted in `b.outages`)."""
+    # A PENDING driver has not started, so it has no MLflow run yet: skip the lookup.
+    if info is not None and info.status == "PENDING":
+        return None
+    try:
+        with b.timer.measure("mlflow"):
+            parent = b.mlflow.parent_run(b.tracking_uri(row), experiment_of(row.spec), row.id,
+                                         row.mlflow_parent_run_id)
+    except (BackendUnavailable, BackendError) as exc:
+        log.warning("job %s: MLflow progress unknown: %s", row.id, exc)
+        if isinstance(exc, BackendUnavailable):
+            b.outages.down("mlflow", str(exc))
+        return None
+    b.outages.up("mlflow")
+    return parent
+
+
+def _follow_parent(row: JobRow, parent: ParentRun) -> None:
+    row.mlflow_parent_run_id, row.mlflow_experiment_id = parent.run_id, parent.experiment_id
+    if parent.chosen:
+        row.chosen = parent.chosen
+    row.phase = api_phase(parent.phase, parent.chosen, row.phase)
+    row.progress = parent.progress or row.progress
+
+
+def _settle(row: JobRow, b: Backends, info: RayJobInfo, parent: ParentRun | None) -> None:
+    """A driver that ended the job itself: the state from Ray, what happened from its report."""
+    row.state = info.state
+    if row.state == "cancelled":
+        _close_runs(b, row)
+        return
+    report = load_report(row, b, ended=True)
+    if report is not None:
+        row.result = view_fields(report)
+    row.outcome = outcome_of(report, parent)
+    if row.state == "failed":
+        row.error = failure_reason(info, report, parent)
+
+
+def _fields(row: JobRow) -> tuple:
+    return (row.state, row.phase, row.progress, row.chosen, row.error, row.outcome, row.result,
+            row.mlflow_parent_run_id, row.ray_submission_id, row.restarts)
 
 
 def refresh(session: Session, row: JobRow, b: Backends, *, force: bool = False,
             ray_info: RayJobInfo | None | object = ASK_RAY) -> JobRow:
-    """Bring a non-terminal job up to date with Ray (state) and MLflow (phase, progress, chosen).
+    """Bring a non-terminal job up to date with Ray (state), MLflow (phase, progress, chosen) and
+    the driver's report (outcome, error, the full run); resubmit a lost driver (`restarts`).
 
     Skipped while the job was refreshed recently (see `needs_refresh`) unless `force`; `ray_info`
     is Ray's answer when the caller already has it (None: Ray does not know the job). A backend that
@@ -88,48 +139,38 @@ def refresh(session: Session, row: JobRow, b: Backends, *, force: bool = False,
     if row.terminal:
         return row
     now = utcnow()
-
-    before = (row.state, row.phase, row.progress, row.chosen, row.error, row.mlflow_parent_run_id)
+    before = _fields(row)
     info, ray_answered = _ray_info(row, b, ray_info)
-
-    parent = None
-    # A PENDING driver has not started, so it has no MLflow run yet: skip the lookup.
-    if not (info is not None and info.status == "PENDING"):
-        try:
-            with b.timer.measure("mlflow"):
-                parent = b.mlflow.parent_run(b.tracking_uri(row), experiment_of(row.spec), row.id,
-                                             row.mlflow_parent_run_id)
-        except (BackendUnavailable, BackendError) as exc:
-            log.warning("job %s: MLflow progress unknown: %s", row.id, exc)
-
+    parent = _parent_run(row, b, info)
     if parent is not None:
-        row.mlflow_parent_run_id, row.mlflow_experiment_id = parent.run_id, parent.experiment_id
-        if parent.chosen:
-            row.chosen = parent.chosen
-        row.phase = api_phase(parent.phase, parent.chosen, row.phase)
-        row.progress = parent.progress or row.progress
+        _follow_parent(row, parent)
 
-    if info is not None:
-        row.ray_status = info.status
-        row.state = info.state
-        if row.state == "failed":
-            row.error = failure_reason(info, parent.verdict if parent is not None else None)
+    lost = lost_reason(row, info) if ray_answered else None
+    if lost:
+        restart(session, row, b, lost)
         if row.state == "cancelled":
             _close_runs(b, row)
-    elif ray_answered:
-        # Ray answered but has no such job: never submitted (API died mid-submit) or a cluster restarted.
-        if row.ray_submission_id or now - as_utc(row.created_at) > SUBMIT_GRACE:
-            row.state = "failed"
-            row.error = ("Ray has no record of this job (was the cluster restarted?)" if row.ray_submission_id
-                         else "the submission to Ray did not complete")
+    elif info is not None:
+        row.ray_status = info.status
+        if info.state in TERMINAL_STATES:
+            _settle(row, b, info, parent)
+        else:
+            # A restarted driver waiting for Ray to start it is still the same running job.
+            row.state = "running" if (info.state == "queued" and row.restarts) else info.state
+            report = load_report(row, b, ended=False)  # control and comparison, once selected
+            if report is not None:
+                row.result = view_fields(report)
+    elif ray_answered and not row.ray_submission_id and now - as_utc(row.created_at) > SUBMIT_GRACE:
+        # Ray has no such job and the submit never finished (the API died between insert and submit).
+        row.state, row.error = "failed", "the submission to Ray did not complete"
 
     b.clock.mark(row.id)
-    if (row.state, row.phase, row.progress, row.chosen, row.error, row.mlflow_parent_run_id) == before:
+    if _fields(row) == before:
         return row
     row.updated_at = now
     try:
         session.commit()
-    except StaleDataError:  # the row went away meanwhile (its submission failed and was undone)
+    except StaleDataError:  # the row went away meanwhile (its submission failed and was undone, or deleted)
         session.rollback()
     if row.terminal:
         b.clock.forget(row.id)
@@ -153,6 +194,7 @@ def _listed_ray_jobs(b: Backends) -> tuple[dict[str, RayJobInfo] | None, bool]:
             return b.ray.all_jobs(), False
     except BackendUnavailable as exc:
         log.warning("Ray is unreachable; job states stay as they are: %s", exc)
+        b.outages.down("ray", str(exc))
         return None, True
     except BackendError as exc:
         log.warning("listing Ray jobs failed, asking one by one: %s", exc)
@@ -170,15 +212,17 @@ def reconcile_all(session: Session, b: Backends, *, only_stale: bool = False) ->
         known, ray_down = _listed_ray_jobs(b)
     for row in rows:
         if known is not None:
-            info = known.get(row.id)
+            info = known.get(submission_of(row))
         elif ray_down:
             info = RAY_DOWN
         else:
             try:
                 with b.timer.measure("ray"):
-                    info = b.ray.info(row.id)
+                    info = b.ray.info(submission_of(row))
+                b.outages.up("ray")
             except BackendUnavailable as exc:
                 log.warning("Ray is unreachable; job states stay as they are: %s", exc)
+                b.outages.down("ray", str(exc))
                 ray_down, info = True, RAY_DOWN
             except BackendError as exc:
                 log.warning("job %s: Ray status unknown: %s", row.id, exc)

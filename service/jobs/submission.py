@@ -20,6 +20,7 @@ from slwtune.spec import JobSpec
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import TERMINAL_STATES, JobRow, utcnow
 from service.errors import IdempotencyConflict, IdempotencyInProgress, QuotaExceeded
+from service.jobs.results import OUT_DIR, job_dir
 from service.jobs.validation import request_hash, resolve_spec
 from service.ray_jobs import RayJobs
 from service.schemas import JobCreate
@@ -38,22 +39,27 @@ def spec_yaml(spec: JobSpec) -> str:
     return yaml.dump(spec.to_dict(), Dumper=dumper, sort_keys=False)
 
 
-def driver_command(job_id: str, job_dir: Path, tracking_uri: str, settings: Settings) -> tuple[str, dict]:
+def driver_command(job_id: str, folder: Path, tracking_uri: str, settings: Settings,
+                   resume: bool = False) -> tuple[str, dict]:
     """The Ray job's entrypoint (`slwtune tune`, whose exit code is M.EXIT_*) and runtime_env.
 
     path: the driver reads the spec from the job folder (a local head, or a disk the cluster shares).
     working_dir: Ray uploads the job folder with the submission, so any cluster can run it; the
     driver's output then stays on the cluster (the report also goes to MLflow).
+    `resume`: `slwtune tune --resume <out>` goes on with the job its folder holds (path only).
     """
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "TOKENIZERS_PARALLELISM": "false"}
     env.update({k: os.environ[k] for k in settings.driver_env if os.environ.get(k)})
     runtime_env: dict[str, Any] = {"env_vars": env}
     if settings.spec_transport == "working_dir":
-        runtime_env["working_dir"] = str(job_dir)
-        spec_file, out = "spec.yaml", "out"
+        runtime_env["working_dir"] = str(folder)
+        spec_file, out = "spec.yaml", OUT_DIR
     else:
-        spec_file, out = str(job_dir / "spec.yaml"), str(job_dir / "out")
-    argv = [settings.driver_python, "-m", "slwtune.cli", "tune", spec_file, "--job-id", job_id, "--out", out]
+        spec_file, out = str(folder / "spec.yaml"), str(folder / OUT_DIR)
+    if resume:
+        argv = [settings.driver_python, "-m", "slwtune.cli", "tune", "--resume", out]
+    else:
+        argv = [settings.driver_python, "-m", "slwtune.cli", "tune", spec_file, "--job-id", job_id, "--out", out]
     return shlex.join(argv), runtime_env
 
 
@@ -99,10 +105,10 @@ def _replay(row: JobRow | None, digest: str) -> JobRow:
     return row
 
 
-def _undo(session: Session, row: JobRow, job_dir: Path) -> None:
+def _undo(session: Session, row: JobRow, folder: Path) -> None:
     session.delete(row)
     session.commit()
-    shutil.rmtree(job_dir, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def submit(session: Session, b: Backends, principal: str, body: JobCreate,
@@ -128,9 +134,9 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
         b.mlflow.health(uri, max_age_s=settings.reachability_cache_s)
 
     job_id = new_job_id()
-    job_dir = settings.jobs_dir.expanduser().resolve() / job_id
-    job_dir.mkdir(parents=True)
-    (job_dir / "spec.yaml").write_text(spec_yaml(spec))
+    folder = job_dir(settings, job_id)
+    folder.mkdir(parents=True)
+    (folder / "spec.yaml").write_text(spec_yaml(spec))
     now = utcnow()
     row = JobRow(id=job_id, principal=principal, name=spec.name, spec=spec.to_dict(), state="queued",
                  idempotency_key=idempotency_key, request_hash=digest, mlflow_tracking_uri=uri,
@@ -140,7 +146,7 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
         session.commit()
     except IntegrityError:  # the same key, submitted concurrently, won the insert
         session.rollback()
-        shutil.rmtree(job_dir, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         if not idempotency_key:
             raise
         return _replay(_find_by_key(session, principal, idempotency_key), digest), True
@@ -148,16 +154,16 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
         # Again with this job in: two requests that both passed the early check cannot both stay.
         check_quota(session, principal, settings, None)
     except QuotaExceeded:
-        _undo(session, row, job_dir)
+        _undo(session, row, folder)
         raise
 
-    entrypoint, runtime_env = driver_command(job_id, job_dir, uri, settings)
+    entrypoint, runtime_env = driver_command(job_id, folder, uri, settings)
     try:
         with b.timer.measure("ray_submit"):
             b.ray.submit(job_id, entrypoint, runtime_env=runtime_env,
                          metadata={"slwtune_job_id": job_id, "slwtune_principal": principal})
     except (BackendUnavailable, BackendError):
-        _undo(session, row, job_dir)
+        _undo(session, row, folder)
         _stop_quietly(b.ray, job_id)  # a timed-out submit may still have reached Ray
         raise
     row.ray_submission_id = job_id

@@ -4,6 +4,7 @@ at a closed port, to see the 503s)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -57,9 +58,12 @@ class FakeRay(RayJobs):
         self._check()
         if self.fail_submit:
             raise BackendUnavailable("Ray", "dropped the submission (test)")
+        if job_id in self.jobs:  # what Ray answers for a submission id it has seen
+            raise BackendError("Ray", f"submit: Request failed with status code 400: Job with submission_id "
+                                      f"{job_id} already exists. Please use a different submission_id.")
         self.jobs[job_id] = {"status": "PENDING", "entrypoint": entrypoint, "runtime_env": runtime_env,
                              "metadata": metadata, "exit": None, "logs": "line 1\nline 2\nline 3\n",
-                             "stopping": None}
+                             "stopping": None, "message": "msg", "error_type": None}
         return job_id
 
     def info(self, job_id):
@@ -73,7 +77,7 @@ class FakeRay(RayJobs):
                 job["status"], job["stopping"] = "STOPPED", None
             else:
                 job["stopping"] -= 1
-        return RayJobInfo(job["status"], "msg", job["exit"])
+        return RayJobInfo(job["status"], job["message"], job["exit"], job["error_type"])
 
     def all_jobs(self):
         self._check()
@@ -103,6 +107,8 @@ class FakeMlflow(MlflowReader):
         self.children: dict[str, list[dict]] = {}
         self.down = False
         self.killed: list[str] = []
+        self.deleted: list[str] = []
+        self.reports: dict[str, dict] = {}  # parent run id -> its report.json artifact
         self.health_checked: list[str] = []
 
     def _check(self):
@@ -121,8 +127,23 @@ class FakeMlflow(MlflowReader):
         self._check()
         return self.children.get(parent_run_id, [])
 
-    def mark_killed(self, uri, experiment_id, parent_run_id):
-        self.killed.append(parent_run_id)
+    def mark_killed(self, uri, experiment_id, parent_run_id, kinds=None):
+        if kinds is None:
+            self.killed.append(parent_run_id)
+        for child in self.children.get(parent_run_id, []):
+            if child.get("status") == "RUNNING" and (kinds is None or child.get("kind") in kinds):
+                child["status"] = "KILLED"
+                self.killed.append(child["run_id"])
+
+    def report(self, uri, run_id):
+        self._check()
+        return self.reports.get(run_id)
+
+    def delete_runs(self, uri, experiment_id, parent_run_id):
+        self._check()
+        ids = [c["run_id"] for c in self.children.get(parent_run_id, [])] + [parent_run_id]
+        self.deleted.extend(ids)
+        return len(ids)
 
 
 def make_settings(tmp_path: Path, **kw) -> Settings:
@@ -130,7 +151,8 @@ def make_settings(tmp_path: Path, **kw) -> Settings:
                 database_url=f"sqlite:///{tmp_path / 'registry.db'}",
                 ray_address=f"http://127.0.0.1:{closed_port()}", ray_token=None,
                 mlflow_tracking_uri=f"http://127.0.0.1:{closed_port()}",
-                data_root=tmp_path / "data", jobs_dir=tmp_path / "jobs", refresh_interval_s=0.0,
+                data_root=tmp_path / "data", jobs_dir=tmp_path / "jobs", storage=str(tmp_path / "ray_results"),
+                refresh_interval_s=0.0,
                 cancel_wait_s=0.0, backend_timeout_s=2.0, max_jobs_per_principal=100)
     base.update(kw)
     return Settings(**base)
@@ -173,14 +195,24 @@ class Api:
         with Session(self.app.state.engine) as s:
             return s.get(JobRow, job_id)
 
+    def out_dir(self, job_id: str) -> Path:
+        """The driver's --out folder of a job (what `slwtune tune` writes: job.json, report.json)."""
+        return self.settings.jobs_dir.resolve() / job_id / "out"
+
+    def write_report(self, job_id: str, report: dict) -> None:
+        out = self.out_dir(job_id)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report))
+
     def job_dirs(self) -> list[Path]:
         d = self.settings.jobs_dir
         return sorted(d.iterdir()) if d.exists() else []
 
 
-def parent(job_id, phase="probing", verdict=None, chosen=None, progress="round 1") -> ParentRun:
+def parent(job_id, phase="probing", verdict=None, chosen=None, progress="round 1", outcome=None,
+           reason=None) -> ParentRun:
     return ParentRun(run_id=f"run-{job_id}", experiment_id="7", status="RUNNING", phase=phase,
-                     progress=progress, verdict=verdict, chosen=chosen)
+                     progress=progress, verdict=verdict, chosen=chosen, outcome=outcome, reason=reason)
 
 
 def rejected(api: Api, body=None, *, content=None, status=422) -> list[dict]:

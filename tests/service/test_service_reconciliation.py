@@ -7,7 +7,8 @@ from service_kit import Api, make_settings, parent
 
 from slwtune import metrics as M
 
-from service.jobs.reconciliation import NO_STABLE, api_phase, failure_reason
+from service.jobs.reconciliation import api_phase
+from service.jobs.results import NO_STABLE, failure_reason
 from service.ray_jobs import RayJobInfo
 
 
@@ -35,14 +36,23 @@ def test_nothing_stable_is_failed_with_a_reason(api):
     assert (got["state"], got["phase"], got["error"]) == ("failed", "selecting", NO_STABLE)
 
 
-@pytest.mark.parametrize("exit_code,verdict,expected", [
-    (M.EXIT_NONE_STABLE, None, NO_STABLE),            # the driver's exit code alone says it
-    (M.EXIT_RUN_FAILED, M.NONE_STABLE, NO_STABLE),    # the parent run's verdict alone says it
-    (M.EXIT_RUN_FAILED, M.CHOSEN, "boom"),            # the full run failed: Ray's message
-    (M.EXIT_INFRA, None, "boom"),                     # an infrastructure failure is not "nothing stable"
+DIVERGED_AT = "full run diverged: loss ratio 3.10 at step 12 exceeds 1.5 (loss 9.3, minimum so far 3)"
+
+
+@pytest.mark.parametrize("exit_code,report,tags,message,expected", [
+    (M.EXIT_NONE_STABLE, None, {}, "boom", NO_STABLE),                        # the exit code alone says it
+    (M.EXIT_RUN_FAILED, {"outcome": M.OUTCOME_RUN_FAILED, "error": DIVERGED_AT}, {}, "boom", DIVERGED_AT),
+    # every probe crashed: the verdict tag says none_stable, but a crash is not instability
+    (M.EXIT_INFRA, {"outcome": M.OUTCOME_PROBES_CRASHED, "error": "probes crashed: OOM"},
+     {"verdict": M.NONE_STABLE}, "boom", "probes crashed: OOM"),
+    (M.EXIT_RUN_FAILED, None, {"outcome": M.OUTCOME_RUN_FAILED, "reason": DIVERGED_AT}, "boom", DIVERGED_AT),
+    (M.EXIT_INFRA, None, {}, "Job entrypoint command failed with exit code 3, last available logs:\n"
+     "slwtune: error: no such dataset folder /data/x\n", "no such dataset folder /data/x"),
+    (M.EXIT_INFRA, None, {}, "boom", "boom"),                                 # else Ray's message
 ])
-def test_failure_reason(exit_code, verdict, expected):
-    assert failure_reason(RayJobInfo("FAILED", "boom", exit_code), verdict) == expected
+def test_failure_reason(exit_code, report, tags, message, expected):
+    parent_run = parent("j", phase=M.PHASE_DONE, **tags) if tags else None
+    assert failure_reason(RayJobInfo("FAILED", message, exit_code), report, parent_run) == expected
 
 
 def test_api_phase_keeps_the_last_working_phase_when_done():

@@ -1,10 +1,11 @@
-"""/v1/jobs: submit, list, read, trials, logs, cancel."""
+"""/v1/jobs: submit, list, read, trials, logs, cancel, delete."""
 
 # No `from __future__ import annotations`: route annotations use limits from the settings in scope.
 
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import BackendsDep, CurrentPrincipal, SessionDep
@@ -13,7 +14,10 @@ from service.backends import Backends
 from service.db import JobRow, as_utc
 from service.jobs import actions, reconciliation, submission
 from service.schemas import (
+    ControlProbe,
+    FullRun,
     JobCreate,
+    JobDeleted,
     JobDetail,
     JobLinks,
     JobLogs,
@@ -41,6 +45,19 @@ CREATE_RESPONSES = {
 }
 IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255)]
 CANCEL_RESPONSES = {409: {"model": Message, "description": "the job already ended"}, **ERRORS, **BACKEND_ERRORS}
+DELETE_RESPONSES = {409: {"model": Message, "description": "the job's driver has not stopped yet; nothing was "
+                                                           "deleted (retry after Retry-After)"},
+                    **ERRORS, **BACKEND_ERRORS}
+MAX_OFFSET = 1_000_000_000  # a larger offset is past any registry (and past what SQLite's integers hold)
+
+
+def _part(model, data):
+    """A report section as its schema, or None when it is missing or not what the schema expects
+    (a report from another slwtune version must not break the job read)."""
+    try:
+        return model.model_validate(data) if isinstance(data, dict) else None
+    except ValidationError:
+        return None
 
 
 def job_public(row: JobRow, b: Backends, detail: bool = False) -> JobPublic | JobDetail:
@@ -50,10 +67,20 @@ def job_public(row: JobRow, b: Backends, detail: bool = False) -> JobPublic | Jo
         mlflow_run=b.mlflow.run_link(settings.mlflow_links_base(row.mlflow_tracking_uri), row.mlflow_experiment_id,
                                      row.mlflow_parent_run_id),
     )
+    result = row.result or {}
+    warnings = result.get("warnings")
     fields = dict(id=row.id, name=row.name, state=row.state, phase=row.phase, progress=row.progress,
                   chosen=row.chosen, error=row.error, cancel_requested=row.cancel_requested,
                   created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at),
-                  ray_submission_id=row.ray_submission_id, mlflow_parent_run_id=row.mlflow_parent_run_id, links=links)
+                  ray_submission_id=row.ray_submission_id, mlflow_parent_run_id=row.mlflow_parent_run_id, links=links,
+                  outcome=row.outcome, full_run=_part(FullRun, result.get("full_run")),
+                  control=_part(ControlProbe, result.get("control")),
+                  baseline_wins=result.get("baseline_wins") if isinstance(result.get("baseline_wins"), bool) else None,
+                  message=result.get("message") if isinstance(result.get("message"), str) else None,
+                  warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
+                  disk_bytes=result.get("disk_bytes") if isinstance(result.get("disk_bytes"), int) else None,
+                  restarts=row.restarts or [],
+                  unavailable={} if row.terminal else b.outages.current())
     return JobDetail(spec=row.spec, **fields) if detail else JobPublic(**fields)
 
 
@@ -81,7 +108,7 @@ def router(settings: Settings) -> APIRouter:
     def read_jobs(principal: CurrentPrincipal, session: SessionDep, b: BackendsDep,
                   state: JobState | None = None,
                   limit: Annotated[int, Query(ge=1, le=settings.max_page_size)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> JobsPublic:
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> JobsPublic:
         """The caller's jobs, newest first."""
         rows, count = actions.list_jobs(session, principal, state, limit, offset)
         for row in rows:
@@ -124,5 +151,17 @@ def router(settings: Settings) -> APIRouter:
         """Stop the job's Ray job; its state becomes `cancelled` once Ray confirms (often before this returns)."""
         row = actions.get_job(session, principal, job_id)
         return job_public(actions.cancel(session, row, b), b, detail=True)
+
+    @r.delete("/{job_id}", response_model=JobDeleted, responses=DELETE_RESPONSES)
+    def delete_job(job_id: str, principal: CurrentPrincipal, session: SessionDep, b: BackendsDep,
+                   response: Response, delete_mlflow_runs: bool = False) -> JobDeleted:
+        """Cancel the job if it runs, then delete its checkpoints and its job folder, and forget it.
+
+        Its MLflow runs are kept (the record of what was tried) unless `delete_mlflow_runs=true`.
+        """
+        row = actions.get_job(session, principal, job_id)
+        deleted = actions.delete(session, row, b, delete_mlflow_runs)
+        _timing(response, b)
+        return JobDeleted(**deleted)
 
     return r

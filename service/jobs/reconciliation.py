@@ -194,7 +194,9 @@ def _listed_ray_jobs(b: Backends) -> tuple[dict[str, RayJobInfo] | None, bool]:
     """(every job Ray knows, Ray down): one call for all instead of one per job."""
     try:
         with b.timer.measure("ray"):
-            return b.ray.all_jobs(), False
+            listed = b.ray.all_jobs()
+        b.outages.up("ray")
+        return listed, False
     except BackendUnavailable as exc:
         log.warning("Ray is unreachable; job states stay as they are: %s", exc)
         b.outages.down("ray", str(exc))

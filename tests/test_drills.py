@@ -1,7 +1,7 @@
 """Fault drills: real Ray head, MLflow server and API on 127.0.0.1, each fault made by killing one
 process by its own PID or stopping a server (docs/reliability.md gives the figures).
 
-One stack serves every drill, and one job takes four faults in turn, each in its own stretch of
+One stack serves every drill, and one job takes five faults in turn, each in its own stretch of
 the job so that they do not mask each other:
 1. the job driver is SIGKILLed while round 2's probe trains (round 1 is in job.json): the API sees
    the lost driver and resubmits it with `slwtune tune --resume`; round 1 is not run again;
@@ -12,7 +12,9 @@ the job so that they do not mask each other:
    restarts it from that checkpoint, not from the start;
 4. the MLflow server is stopped mid full run and started again: training goes on, job reads
    answer and name MLflow in `unavailable`, and once it is back every metric of the full run
-   is in MLflow.
+   is in MLflow;
+5. the driver is SIGKILLed again, mid full run: resumed again, it reruns no probe, and Ray Train
+   resumes the full run from its last checkpoint.
 Before it, an API whose Ray is unreachable refuses a submit with 503 and writes nothing.
 
 Sized to fit `make test` on 2 cores: a tiny GPT, a binary search of two one-probe rounds, no
@@ -149,7 +151,7 @@ def test_ray_unreachable_at_submit_is_a_503_and_writes_nothing(stack):
     api.stop()
 
 
-# ---- one job, four faults ----------------------------------------------------------------------
+# ---- one job, five faults ----------------------------------------------------------------------
 
 
 def driver_pids(stack: Stack, job_id: str) -> list[int]:
@@ -236,9 +238,40 @@ def stop_mlflow_for_a_while(stack: Stack, job_id: str, submission: str, rec: dic
     wait_for(lambda: stack.job(job_id), lambda j: j["unavailable"] == {}, 30, "the API to see MLflow back")
 
 
+def mlflow_has_caught_up(stack: Stack, job_id: str, step: int) -> bool:
+    """The full run's MLflow history reaches `step`: its backlog went out and it sends again at once."""
+    state = json.loads((stack.api.root / "jobs" / job_id / "out" / "job.json").read_text())
+    history = mlflow_client(stack).get_metric_history(state["full_run_mlflow_run_id"], M.TRAIN_LOSS)
+    return max((m.step for m in history), default=0) >= step
+
+
+def kill_the_driver_mid_full_run(stack: Stack, job_id: str, submission: str, rec: dict) -> str:
+    """Fault 5: once MLflow has the backlog (what a killed worker had not sent would be lost with
+    it), and a checkpoint after it: the service resumes the driver, Ray Train the full run."""
+    wait_for(lambda: mlflow_has_caught_up(stack, job_id, rec["mlflow_up_at_step"]), bool, 120,
+             "MLflow to have the full run's backlog", every=2)
+    rec["t_mlflow_caught_up"] = time.time()
+    step = full_run_steps(stack, submission)[-1]
+    checkpoint = (step // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+    steps = wait_for(lambda: full_run_steps(stack, submission), lambda s: s[-1] >= checkpoint + CHECKPOINT_EVERY // 2,
+                     120, f"the full run past step {checkpoint}", every=0.5)
+    [pid] = wait_for(lambda: driver_pids(stack, job_id), lambda p: len(p) == 1, 30, "the resumed driver's pid")
+    if stack.ray_status(submission) != "RUNNING":
+        pytest.fail("the job ended before its driver could be killed mid full run: raise budget.train_tokens")
+    kill_pid(pid)
+    rec["t_driver2_killed"], rec["driver2_killed_after_step"] = time.time(), steps[-1]
+    job = wait_for(lambda: stack.job(job_id), lambda j: len(j["restarts"]) == 2, 120,
+                   "the service to restart the driver again")
+    rec["t_driver2_resubmitted"] = time.time()
+    again = job["ray_submission_id"]
+    wait_for(lambda: full_run_steps(stack, again), bool, 300, "the full run to report again")
+    rec["t_full_run_again"] = time.time()
+    return again
+
+
 @pytest.fixture(scope="module")
 def faulty_job(stack):
-    """The job with its four faults; returns what was seen (times, steps, the final job view...)."""
+    """The job with its five faults; returns what was seen (times, steps, the final job view...)."""
     rec: dict = {"t_submit": time.time()}
     r = httpx.post(f"{stack.api.url}/v1/jobs", json={"preset": "shakespeare-tiny", "overrides": DRILL},
                    headers=stack.api.headers(), timeout=60)
@@ -249,12 +282,14 @@ def faulty_job(stack):
     kill_the_api_until_the_full_run(stack, job_id, resumed, rec)
     kill_a_train_worker_after_a_checkpoint(stack, resumed, rec)
     stop_mlflow_for_a_while(stack, job_id, resumed, rec)
+    last = kill_the_driver_mid_full_run(stack, job_id, resumed, rec)
 
     rec["view"] = wait_for(lambda: stack.job(job_id), lambda j: j["state"] in ("succeeded", "failed", "cancelled"),
                            JOB_TIMEOUT_S, "the job to end", every=2)
     rec["t_end"] = time.time()
-    rec["ray_status"] = stack.ray_status(resumed)
+    rec["ray_status"] = stack.ray_status(last)
     rec["driver_log"] = stack.ray_logs(resumed)
+    rec["last_driver_log"] = stack.ray_logs(last)
     out = stack.api.root / "jobs" / job_id / "out"
     rec["report"] = json.loads((out / "report.json").read_text())
     rec["job_state"] = json.loads((out / "job.json").read_text())
@@ -270,13 +305,13 @@ def mlflow_client(stack: Stack):
 
 def test_driver_killed_mid_probe_resumes_without_rerunning_a_finished_round(stack, faulty_job):
     rec, view, report = faulty_job, faulty_job["view"], faulty_job["report"]
-    assert rec["ray_status"] == "SUCCEEDED" and rec["view"]["state"] == "succeeded", rec["driver_log"][-3000:]
-    [restart] = view["restarts"]
+    assert rec["ray_status"] == "SUCCEEDED" and rec["view"]["state"] == "succeeded", rec["last_driver_log"][-3000:]
+    restart = view["restarts"][0]
     assert restart["resumed"] and restart["ray_submission_id"] == f"{rec['job_id']}-r1"
     assert "killed by SIGKILL" in restart["reason"]
     # The resumed driver took round 1 from job.json; only round 2 ran again.
-    assert [r["rounds_done"] for r in report["restarts"]] == [1]
-    assert [r["rounds_done"] for r in rec["job_state"]["restarts"]] == [1]
+    assert [r["rounds_done"] for r in report["restarts"]][:1] == [1]
+    assert [r["rounds_done"] for r in rec["job_state"]["restarts"]][:1] == [1]
     assert "round 1: finished before the restart, not rerun" in rec["driver_log"]
     trials = stack.get(f"/v1/jobs/{rec['job_id']}/trials").json()["data"]
     round_1 = [t for t in trials if t["kind"] == M.KIND_PROBE and t["round"] == 1]
@@ -308,7 +343,7 @@ def test_api_killed_mid_job_reports_it_right_after_restart(faulty_job):
     # ... and it follows the job to its end.
     assert (view["state"], view["outcome"], view["error"]) == ("succeeded", M.OUTCOME_DONE, None)
     assert view["chosen"] and view["full_run"]["verdict"] == M.STABLE and view["full_run"]["slw_enabled"]
-    assert view["disk_bytes"] > 0 and len(view["restarts"]) == 1 and view["unavailable"] == {}
+    assert view["disk_bytes"] > 0 and len(view["restarts"]) == 2 and view["unavailable"] == {}
     FIGURES["api_kill"] = {"down_s": round(rec["t_api_back"] - rec["t_api_killed"], 1),
                            "restart_to_serving_s": round(rec["api_restart_s"], 1),
                            "caught_up_before_first_read": True}
@@ -319,20 +354,46 @@ def full_run_history(stack: Stack, rec: dict, key: str):
     return sorted(mlflow_client(stack).get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
 
 
+def restarts_in(steps: list[int]) -> list[tuple[int, int]]:
+    """(last step logged before, checkpoint resumed from) at each place the logged steps go back."""
+    out = []
+    for i in range(1, len(steps)):
+        if steps[i] < steps[i - 1]:  # a new worker began after the last checkpoint before steps[i]
+            out.append((steps[i - 1], (steps[i] - 1) // CHECKPOINT_EVERY * CHECKPOINT_EVERY))
+    return out
+
+
 def test_train_worker_killed_continues_from_its_checkpoint(stack, faulty_job):
     rec, full = faulty_job, faulty_job["report"]["full_run"]
     assert full["verdict"] == M.STABLE and full["tokens"] >= DRILL["budget.train_tokens"]
-    assert len(faulty_job["view"]["restarts"]) == 1  # Ray Train handled it: no driver restart
     steps = [m.step for m in full_run_history(stack, rec, M.TRAIN_LOSS)]
-    drop = next(i for i in range(1, len(steps)) if steps[i] < steps[i - 1])  # where the restarted worker began
-    resumed_from = (steps[drop] - 1) // CHECKPOINT_EVERY * CHECKPOINT_EVERY
+    # Two places where the full run went back: the worker kill, then the driver kill (below).
+    (before, resumed_from), _ = restarts_in(steps)
     assert resumed_from > DRILL["tuning.probe_steps"]  # its own checkpoint: not step 0, not the probe's
-    assert steps[drop - 1] >= resumed_from and rec["worker_killed_after_step"] >= resumed_from
-    assert all(b >= a for a, b in zip(steps[drop:], steps[drop + 1:]))  # one restart, then forward
-    FIGURES["worker_kill"] = {"resumed_from_step": resumed_from,
-                              "steps_redone_at_least": steps[drop - 1] - resumed_from,
-                              "steps_a_restart_from_zero_would_redo": steps[drop - 1],
+    assert before >= resumed_from and rec["worker_killed_after_step"] >= resumed_from
+    assert rec["t_worker_back"] < rec["t_driver2_killed"]  # Ray Train handled it: no driver restart then
+    FIGURES["worker_kill"] = {"resumed_from_step": resumed_from, "steps_redone_at_least": before - resumed_from,
+                              "steps_a_restart_from_zero_would_redo": before,
                               "back_reporting_s": round(rec["t_worker_back"] - rec["t_worker_killed"], 1)}
+
+
+def test_driver_killed_mid_full_run_resumes_it_from_its_checkpoint(stack, faulty_job):
+    rec, report, view = faulty_job, faulty_job["report"], faulty_job["view"]
+    second = view["restarts"][1]
+    assert second["resumed"] and "killed by SIGKILL" in second["reason"]
+    assert [r["rounds_done"] for r in report["restarts"]] == [1, 2]  # no probe round ran again
+    assert "round 2: finished before the restart, not rerun" in rec["last_driver_log"]
+    steps = [m.step for m in full_run_history(stack, rec, M.TRAIN_LOSS)]
+    _, (before, resumed_from) = restarts_in(steps)
+    assert resumed_from >= rec["driver2_killed_after_step"] - CHECKPOINT_EVERY - LOG_EVERY
+    assert resumed_from > DRILL["tuning.probe_steps"] and before >= resumed_from
+    FIGURES["driver_kill_full_run"] = {
+        "resumed_from_step": resumed_from, "steps_redone_at_least": before - resumed_from,
+        "steps_a_restart_from_the_probe_would_redo": before - DRILL["tuning.probe_steps"],
+        "service_noticed_and_resubmitted_s": round(rec["t_driver2_resubmitted"] - rec["t_driver2_killed"], 1),
+        "training_again_s": round(rec["t_full_run_again"] - rec["t_driver2_killed"], 1),
+        "steps_left_after_it": report["full_run"]["steps"] - rec["driver2_killed_after_step"],  # the drill's margin
+    }
 
 
 def test_mlflow_stopped_mid_job_loses_no_metric(stack, faulty_job):

@@ -45,7 +45,7 @@ def list_jobs(session: Session, principal: str, state: str | None, limit: int, o
 def cancel(session: Session, row: JobRow, b: Backends) -> JobRow:
     """Ask Ray to stop the driver, then wait up to `cancel_wait_s` for Ray to report it STOPPED
     (the job is `cancelled` then); past the wait it stays as Ray last said, with `cancel_requested`."""
-    refresh(session, row, b, force=True)
+    refresh(session, row, b, force=True, restart_lost=False)
     if row.terminal:
         raise JobFinished(row.state)
     stop_driver(session, row, b)
@@ -85,7 +85,7 @@ def delete(session: Session, row: JobRow, b: Backends, delete_mlflow_runs: bool)
     confirmed it, 503 when Ray cannot be reached), then MLflow (503 when it cannot be reached),
     then the files, then the row. Without its row the job cannot come back through reconciliation.
     """
-    refresh(session, row, b, force=True)
+    refresh(session, row, b, force=True, restart_lost=False)
     if not row.terminal:
         stop_driver(session, row, b)
         if not row.terminal:

@@ -126,13 +126,14 @@ def _fields(row: JobRow) -> tuple:
 
 
 def refresh(session: Session, row: JobRow, b: Backends, *, force: bool = False,
-            ray_info: RayJobInfo | None | object = ASK_RAY) -> JobRow:
+            ray_info: RayJobInfo | None | object = ASK_RAY, restart_lost: bool = True) -> JobRow:
     """Bring a non-terminal job up to date with Ray (state), MLflow (phase, progress, chosen) and
     the driver's report (outcome, error, the full run); resubmit a lost driver (`restarts`).
 
     Skipped while the job was refreshed recently (see `needs_refresh`) unless `force`; `ray_info`
     is Ray's answer when the caller already has it (None: Ray does not know the job). A backend that
-    does not answer leaves its fields as the registry has them.
+    does not answer leaves its fields as the registry has them. `restart_lost=False` leaves a lost
+    driver for the caller (a cancel or delete about to stop the job anyway).
     """
     if not force and not needs_refresh(row, b, reader=True):
         return row
@@ -146,9 +147,11 @@ def refresh(session: Session, row: JobRow, b: Backends, *, force: bool = False,
         _follow_parent(row, parent)
 
     lost = lost_reason(row, info) if ray_answered else None
-    if lost:
+    if lost and not restart_lost:
+        pass
+    elif lost:
         restart(session, row, b, lost)
-        if row.state == "cancelled":
+        if row.terminal:  # cancelled meanwhile, or past the restart limit: its runs end too
             _close_runs(b, row)
     elif info is not None:
         row.ray_status = info.status
@@ -191,7 +194,9 @@ def _listed_ray_jobs(b: Backends) -> tuple[dict[str, RayJobInfo] | None, bool]:
     """(every job Ray knows, Ray down): one call for all instead of one per job."""
     try:
         with b.timer.measure("ray"):
-            return b.ray.all_jobs(), False
+            listed = b.ray.all_jobs()
+        b.outages.up("ray")
+        return listed, False
     except BackendUnavailable as exc:
         log.warning("Ray is unreachable; job states stay as they are: %s", exc)
         b.outages.down("ray", str(exc))

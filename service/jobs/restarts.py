@@ -21,6 +21,7 @@ import logging
 import signal
 
 from sqlalchemy import update
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from slwtune import metrics as M
@@ -95,7 +96,10 @@ def _claim(session: Session, row: JobRow, old_id: str | None, new_id: str, resta
         .values(ray_submission_id=new_id, restarts=restarts, state="running", error=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)).rowcount
     session.commit()
-    session.refresh(row)
+    try:
+        session.refresh(row)
+    except InvalidRequestError:  # deleted meanwhile (ObjectDeletedError is one)
+        return False
     return claimed == 1
 
 

@@ -93,6 +93,27 @@ def test_restarts_stop_at_the_limit_and_the_job_fails_with_the_last_reason(api):
     assert got["error"] == ("the job driver was lost 3 times, the last: the driver was killed by SIGTERM (exit code "
                             "-15) (restarted 2 times, the limit of SLWTUNE_MAX_DRIVER_RESTARTS=2)")
     assert len(api.ray.jobs) == 3
+    assert api.mlflow.killed == []  # no MLflow run known here; with one, see below
+
+
+def test_a_job_that_fails_for_good_ends_its_mlflow_runs(make_api):
+    with make_api(max_driver_restarts=0) as api:
+        job = api.submit()
+        api.mlflow.parents[job["id"]] = parent(job["id"])
+        kill(api, job["id"])
+        assert read(api, job["id"])["state"] == "failed"
+        assert api.mlflow.killed == [f"run-{job['id']}"]
+
+
+def test_a_cancel_or_delete_does_not_restart_a_lost_driver_first(api):
+    cancelled, deleted = api.submit(), api.submit()
+    for job in (cancelled, deleted):
+        write_job_state(api, job["id"])
+        kill(api, job["id"])  # lost, and nobody has looked yet
+    got = api.call("POST", f"/v1/jobs/{cancelled['id']}/cancel").json()
+    assert (got["state"], got["restarts"]) == ("cancelled", [])
+    assert api.call("DELETE", f"/v1/jobs/{deleted['id']}").status_code == 200
+    assert sorted(api.ray.jobs) == sorted([cancelled["id"], deleted["id"]])  # no -r1 submitted
 
 
 def test_restarts_can_be_turned_off(make_api, monkeypatch):

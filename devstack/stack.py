@@ -51,6 +51,18 @@ def port_or_free(preferred: int) -> int:
             return free_port()
 
 
+def wait_for(fetch, done, timeout: float, what: str = "", every: float = 1.0):
+    """Call `fetch` every `every` s until `done(result)`; returns that result, or fails naming `what`
+    and the last result seen (the end-to-end tests and drills wait on a job's state this way)."""
+    deadline, last = time.time() + timeout, None
+    while time.time() < deadline:
+        last = fetch()
+        if done(last):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {str(last)[-2000:]}")
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, what: str = "",
               headers: dict | None = None) -> None:
     """Poll `url` until it answers 2xx; fail early when `proc` exits."""

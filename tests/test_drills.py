@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.stack import ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid
+from devstack.stack import ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid, wait_for
 from slwtune import metrics as M
 from slwtune.storage import job_prefix
 
@@ -91,16 +91,6 @@ class Stack:
         r = self.get(f"/v1/jobs/{job_id}")
         assert r.status_code == 200, r.text
         return r.json()
-
-
-def wait_for(fetch, done, timeout: float, what: str, every: float = 1.0):
-    deadline, last = time.time() + timeout, None
-    while time.time() < deadline:
-        last = fetch()
-        if done(last):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {str(last)[-2000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,15 @@ start-up reconciliation. A second job is cancelled while running.
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import httpx
 import pytest
 
+from devstack.stack import wait_for
+
 pytestmark = pytest.mark.slow
 
 JOB_TIMEOUT_S = 900  # the whole tiny tuning: a few minutes on 2 CPU cores
-
-
-def wait_for(fetch, done, timeout: float, every: float = 2.0, what: str = ""):
-    deadline, last = time.time() + timeout, None
-    while time.time() < deadline:
-        last = fetch()
-        if done(last):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last}")
 
 
 def get_job(api, job_id: str) -> dict:

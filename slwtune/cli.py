@@ -13,7 +13,7 @@ from slwtune.errors import SlwtuneError, SpecError
 EXIT_CODES_HELP = f"""exit codes (tune and train):
   {M.EXIT_OK}    done: knobs chosen and the full run finished (train: the run did not diverge or crash)
   {M.EXIT_RUN_FAILED}    the full run (train: the run) diverged or crashed; the reason names the step and signal
-  {M.EXIT_NONE_STABLE}    no stable configuration (the report says what to change); also an invalid spec
+  {M.EXIT_NONE_STABLE}    no stable configuration (the report says what to change)
   {M.EXIT_INFRA}    infrastructure failure: every probe crashed, data or a backend is missing
 """
 

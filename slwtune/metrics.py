@@ -14,11 +14,12 @@ ADAM_VAR_MAX = "optim/adam_var_max"
 ADAM_VAR_L1 = "optim/adam_var_l1"
 VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"
+VAL_LOSS_SE = "val/loss_se"  # standard error of val/loss over its evaluation batches (the eval's own noise)
 TOKENS_PER_S = "perf/tokens_per_s"
 MFU = "perf/mfu"
 
 ALL = (TRAIN_LOSS, TRAIN_LOSS_RATIO, TRAIN_SEQLEN, TRAIN_TOKENS, TRAIN_LR, TRAIN_GRAD_NORM,
-       ADAM_VAR_MAX, ADAM_VAR_L1, VAL_LOSS, VAL_PPL, TOKENS_PER_S, MFU)
+       ADAM_VAR_MAX, ADAM_VAR_L1, VAL_LOSS, VAL_PPL, VAL_LOSS_SE, TOKENS_PER_S, MFU)
 
 # Keys of a report (to Ray Train / Tune) beside the metrics above.
 STEP = "step"
@@ -57,8 +58,9 @@ OUTCOME_PROBES_CRASHED = "probes_crashed"  # every probe crashed: not an SLW sig
 # Exit codes of `slwtune tune|train` (and of the Ray job's driver): one contract.
 EXIT_OK = 0             # done: knobs chosen and the full run (if any) finished stable
 EXIT_RUN_FAILED = 1     # the full run (or `slwtune train`) diverged or crashed
-EXIT_NONE_STABLE = 2    # no stable configuration (also: an invalid spec, as argparse does)
+EXIT_NONE_STABLE = 2    # no stable configuration (the report says what to change)
 EXIT_INFRA = 3          # infrastructure failure: every probe crashed, a backend is unreachable
+EXIT_INVALID = 4        # invalid input: the spec, a flag, the data path or the entrypoint (nothing ran)
 EXIT_INTERRUPTED = 130
 EXIT_FOR_OUTCOME = {OUTCOME_DONE: EXIT_OK, OUTCOME_RUN_FAILED: EXIT_RUN_FAILED,
                     OUTCOME_NONE_STABLE: EXIT_NONE_STABLE, OUTCOME_PROBES_CRASHED: EXIT_INFRA}

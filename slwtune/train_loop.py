@@ -108,20 +108,32 @@ def adam_stats(optimizer) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[torch.Tensor], session: Session, spec: JobSpec) -> float:
-    """Mean validation loss at full length; batches are split over ranks and reduced.
+def evaluate(model, batches: list[torch.Tensor], session: Session, spec: JobSpec) -> tuple[float, float]:
+    """(mean validation loss at full length, its standard error over the batches); batches are
+    split over ranks and reduced. The standard error is the evaluation's own noise: a rise
+    smaller than a few of it says nothing (slw-spec section 5). NaN with a single batch.
     `model` is the plain module, never the compiled one: a compiled eval (other grad mode,
     other shape) would be one more graph to compile, which a short probe does not win back."""
     model.eval()
-    total = torch.zeros(2, device=session.device)  # (sum of losses, count)
+    total = torch.zeros(3, device=session.device)  # (sum of losses, sum of squares, count)
     for i in range(session.rank, len(batches), session.world_size):
         w = batches[i].to(session.device)
         with autocast_for(spec, session.device):
             _, loss = model(w[:, :-1], w[:, 1:])
-        total += torch.stack([loss.float(), torch.ones((), device=session.device)])
+        loss = loss.float()
+        total += torch.stack([loss, loss * loss, torch.ones((), device=session.device)])
     model.train()
     all_reduce_sum_(total, session.world_size)
-    return (total[0] / total[1].clamp(min=1)).item()
+    s, ss, n = total.tolist()
+    return s / max(n, 1.0), batch_standard_error(s, ss, n)
+
+
+def batch_standard_error(total: float, total_sq: float, n: float) -> float:
+    """Standard error of a mean from its sum, sum of squares and count (sample variance); NaN for n < 2."""
+    if n < 2:
+        return math.nan
+    var = max(0.0, (total_sq - total * total / n) / (n - 1))
+    return math.sqrt(var / n)
 
 
 # ---- the loop ---------------------------------------------------------------------
@@ -221,8 +233,10 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
                     or state.step >= max_steps)
         if state.step % report_every == 0 or finished:
             if verdict.status != M.DIVERGED:
-                val_loss = evaluate(unwrap(model), val, session, spec)
+                val_loss, val_se = evaluate(unwrap(model), val, session, spec)
                 row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, M.perplexity(val_loss)
+                if math.isfinite(val_se):
+                    row[M.VAL_LOSS_SE] = val_se
                 verdict = monitor.observe_val(state.step, val_loss)
             finished = finished or should_stop(verdict, options)
             state.monitor = monitor.state_dict()

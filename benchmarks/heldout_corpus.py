@@ -8,6 +8,7 @@ with `--no-deps`): verses are joined into one document per chapter (1,189 docume
 demo's vocabulary of 2048). The package is read as a file, never imported.
 
     python benchmarks/heldout_corpus.py --out data/heldout
+    python benchmarks/heldout_corpus.py --out data/heldout-bytes --tokenizer bytes   # paper_effect's CPU scale
     python -m slwtune.cli tune shakespeare-demo --set data.path=data/heldout
 """
 
@@ -47,7 +48,7 @@ def chapters(jsonl: Path) -> list[dict]:
     return [{"text": f"{book} {chapter}\n\n" + " ".join(verses)} for (book, chapter), verses in docs.items()]
 
 
-def prepare(out: str | Path, vocab_size: int = 2048, seed: int = 0):
+def prepare(out: str | Path, vocab_size: int = 2048, seed: int = 0, tokenizer: str = "bpe"):
     """Prepare the held-out corpus into `out` (train.bin, val.bin, meta.json, tokenizer.json)."""
     from slwtune.data import prepare_dataset
 
@@ -56,7 +57,7 @@ def prepare(out: str | Path, vocab_size: int = 2048, seed: int = 0):
         with open(src, "w", encoding="utf-8") as f:
             for doc in chapters(corpus_file()):
                 f.write(json.dumps(doc) + "\n")
-        return prepare_dataset(str(src), out, tokenizer="bpe", vocab_size=vocab_size, seed=seed)
+        return prepare_dataset(str(src), out, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", choices=("bpe", "bytes"), default="bpe",
+                   help="bpe (the demo's) or bytes (benchmarks/paper_effect.py's CPU scale)")
     args = p.parse_args(argv)
-    meta = prepare(args.out, args.vocab_size, args.seed)
+    meta = prepare(args.out, args.vocab_size, args.seed, args.tokenizer)
     print(json.dumps({"out": args.out, **{k: v for k, v in vars(meta).items() if not k.startswith("_")}},
                      default=str))
     return 0

@@ -1,0 +1,165 @@
+"""slwtune.tuning.race: the decision rule on synthetic curves, and a race on the tiny preset in-process."""
+
+import math
+
+import pytest
+
+from slwtune import metrics as M
+from slwtune.spec import parse_spec
+from slwtune.tuning import race as R
+from slwtune.tuning.race import ARM_BASELINE, ARM_SLW, Arm, Point, RaceRule, decide, paired_gaps
+
+RULE = RaceRule(z=2.0, patience=3, slw_from_tokens=5000, budget_tokens=10_000)
+
+
+def curve(tokens, losses, se=0.01):
+    return [Point(t, v, se) for t, v in zip(tokens, losses)]
+
+
+CONTROL_TOKENS = [1000 * i for i in range(1, 11)]
+
+
+def control(losses=None):
+    return curve(CONTROL_TOKENS, losses or [5.0 - 0.1 * i for i in range(10)])
+
+
+def slw_offset(offsets):
+    """SLW evaluated at other token counts (between the control's), loss = control's + offset."""
+    base = {t: v.loss for t, v in zip(CONTROL_TOKENS, control())}
+    toks = [500] + [t + 500 for t in CONTROL_TOKENS]
+    # linear in tokens around the control's curve, plus the offset at that point
+    return [Point(t, (base.get(t - 500, 5.1) + base.get(t + 500, base.get(t - 500, 5.1) - 0.1)) / 2 + o, 0.01)
+            for t, o in zip(toks, offsets)]
+
+
+def test_pairing_interpolates_the_slw_arm_at_the_controls_tokens():
+    slw = [Point(0, 6.0, 0.02), Point(2000, 4.0, 0.04)]
+    gaps = paired_gaps(slw, [Point(1000, 4.5, 0.03), Point(3000, 4.0, 0.03)], RULE)
+    assert len(gaps) == 1  # 3000 lies outside the SLW arm's evaluations: not compared
+    assert gaps[0].tokens == 1000 and gaps[0].gap == pytest.approx(0.5)
+    assert gaps[0].band == pytest.approx(2.0 * math.sqrt(0.03 ** 2 + 0.03 ** 2))
+    assert not gaps[0].slw_may_win
+
+
+def test_the_baseline_wins_when_it_leads_by_more_than_the_band_three_times_in_a_row():
+    slw = slw_offset([0.0, 0.2, 0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])
+    d = decide(slw, control(), RULE)
+    assert d.winner == ARM_BASELINE and d.decided and d.rule == R.RULE_BAND
+    assert d.gap > d.band and d.tokens < RULE.slw_from_tokens  # the control may win early
+
+
+def test_an_early_slw_lead_predicts_nothing_but_a_lead_past_the_warmup_wins():
+    early_only = slw_offset([-0.3] * 5 + [0.0] * 6)
+    assert decide(early_only, control(), RULE) is None  # the race goes on
+    later = slw_offset([-0.3] * 11)
+    d = decide(later, control(), RULE)
+    assert d.winner == ARM_SLW and d.decided and d.tokens >= RULE.slw_from_tokens
+
+
+def test_a_gap_inside_the_band_is_undecided_until_the_budget_then_the_baseline_goes_on():
+    tie = slw_offset([-0.01, 0.01] * 5 + [-0.01])
+    assert decide(tie, control(), RULE) is None
+    d = decide(tie, control(), RULE, at_budget=True)
+    assert d.winner == ARM_BASELINE and not d.decided and d.rule == R.RULE_BUDGET
+    assert "inside the noise band" in d.reason
+
+
+def test_one_noisy_evaluation_does_not_decide():
+    spike = slw_offset([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0])  # each shows at 2 paired evals
+    assert decide(spike, control(), RULE) is None
+
+
+def test_a_diverged_arm_loses():
+    d = decide([], [], RULE, control_failed=True)
+    assert d.winner == ARM_SLW and d.rule == R.RULE_DIVERGED
+    assert decide([], [], RULE, slw_failed=True).winner == ARM_BASELINE
+
+
+def tiny(**tuning):
+    return parse_spec({
+        "name": "race",
+        "model": {"preset": "tiny", "n_layer": 1, "n_embd": 32, "n_head": 2, "context_length": 32},
+        "data": {"path": "builtin:shakespeare", "tokenizer": "bytes", "batch_size": 4},
+        "optim": {"lr": 3e-3, "lr_warmup_steps": 2},
+        "slw": {"start_length": 8, "full_length": 32, "duration_steps": 4, "step_size": 8},
+        "budget": {"train_tokens": 4 * 32 * 60},
+        "run": {"eval_every_steps": 2, "eval_batches": 2, "stats_every_steps": 2, "checkpoint_every_steps": 1000},
+        "tuning": {"strategy": "grid", "start_lengths": [8], "durations": [4], "probe_steps": 4,
+                   "race_max_fraction": 0.5, "race_patience": 2, **tuning},
+    })
+
+
+def test_segment_milestones_are_shared_and_end_at_the_budget():
+    spec = tiny()
+    ms = R.segment_milestones(512, spec)
+    assert ms[-1] == spec.race_tokens() == 3840 and ms == sorted(ms)
+    assert ms[0] == 512 + 2 * 2 * 4 * 32
+
+
+def probe_arms(spec, tmp_path):
+    """Both arms' probes in-process, as the race's starting points."""
+    from slwtune.tuning.local import run_probe
+    from slwtune.tuning.strategies import Probe
+
+    slw = run_probe(spec, Probe(8, 4), round_index=1, checkpoint_root=str(tmp_path / "p-slw"))
+    base = run_probe(spec, Probe.control(32), round_index=1, checkpoint_root=str(tmp_path / "p-base"))
+    return {ARM_SLW: Arm(ARM_SLW, 8, 4, slw.checkpoint, slw.tokens, tokens=slw.tokens),
+            ARM_BASELINE: Arm(ARM_BASELINE, 32, 0, base.checkpoint, base.tokens, tokens=base.tokens)}
+
+
+def test_an_in_process_race_on_the_tiny_preset_decides_and_keeps_the_winners_checkpoint(tmp_path):
+    spec = tiny()
+    arms = probe_arms(spec, tmp_path)
+    saved = []
+    d = R.race(spec, arms, R.local_segment_runner(spec, str(tmp_path)), save=saved.append)
+    assert d.winner in (ARM_SLW, ARM_BASELINE)
+    for arm in arms.values():
+        assert arm.segments >= 1 and arm.points and arm.checkpoint.startswith(str(tmp_path / f"race-{arm.name}"))
+        assert arm.tokens > arm.start_tokens
+    # both arms trained to the same milestone (each stops at the first step that reaches it)
+    assert abs(arms[ARM_SLW].tokens - arms[ARM_BASELINE].tokens) < 4 * 32
+    assert saved[-1]["decision"]["winner"] == d.winner and saved[-1]["arms"][ARM_SLW]["points"]
+    report = R.decision_report(spec, arms, d)
+    assert report["raced"] and report["race_cost_tokens"] == arms[
+        ARM_BASELINE if d.winner == ARM_SLW else ARM_SLW].race_tokens
+
+
+def test_a_resumed_race_does_not_rerun_finished_segments(tmp_path):
+    spec = tiny(race_z=50.0)  # a band nothing beats: the race runs to its budget
+    arms = probe_arms(spec, tmp_path)
+    journal, calls = [], []
+    runner = R.local_segment_runner(spec, str(tmp_path))
+
+    class Killed(Exception):
+        pass
+
+    def dies_in_segment_2(arms_, until, index):
+        calls.append(index)
+        if index == 2:
+            raise Killed  # the driver dies mid-race
+        runner(arms_, until, index)
+
+    with pytest.raises(Killed):
+        R.race(spec, arms, dies_in_segment_2, save=journal.append)
+    assert journal[-1]["segments_done"] == 1 and journal[-1]["decision"] is None
+
+    resumed_arms, done, decision = R.from_journal(journal[-1])
+    assert done == 1 and decision is None
+    seen = []
+
+    def counts(arms_, until, index):
+        seen.append(index)
+        runner(arms_, until, index)
+
+    d = R.race(spec, resumed_arms, counts, save=journal.append, done_segments=done)
+    n = len(R.segment_milestones(max(a.start_tokens for a in resumed_arms.values()), spec))
+    assert seen == list(range(2, n + 1))  # segment 1 was not rerun
+    assert d.winner == ARM_BASELINE and not d.decided  # undecided at the budget: the safer arm
+    assert resumed_arms[ARM_SLW].segments == n and resumed_arms[ARM_BASELINE].tokens == spec.race_tokens()
+
+
+def test_update_arm_reads_a_diverged_segment_as_lost():
+    arm = Arm(ARM_SLW, 8, 4, "/c", 100)
+    R.update_arm(arm, [{M.TRAIN_TOKENS: 200, M.VAL_LOSS: 9.0, M.VERDICT: M.DIVERGED, M.REASON: "loss ratio"}],
+                 "/c2", 1.0, None)
+    assert arm.failed and arm.points == [[200, 9.0, None]] and arm.checkpoint == "/c2"

@@ -354,3 +354,58 @@ def decision_report(spec: JobSpec, arms: dict[str, Arm] | None, decision: Decisi
                          "race_tokens": a.race_tokens, "verdict": a.verdict, "reason": a.reason,
                          "segments": a.segments, "wall_s": a.wall_s, "checkpoint": a.checkpoint,
                          "mlflow_run_id": a.mlflow_run_id, "curve": a.points} for k, a in arms.items()}}
+
+
+# ---- on Ray Tune: one trial per arm, like the probes ------------------------------------------
+
+
+def race_trial(config: dict) -> None:
+    """Tune trial function: one arm's segment, a Train V2 TorchTrainer from the arm's last checkpoint."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from slwtune.train import make_trainer
+    from slwtune.train_loop import RunOptions
+
+    base = JobSpec.model_validate(config["spec"])
+    arm = Arm(**config["arm"])
+    options = RunOptions(init_checkpoint=arm.checkpoint, max_tokens=config["until"], mlflow_uri=config["mlflow_uri"],
+                         mlflow_run_id=arm.mlflow_run_id, spill_dir=config.get("spill_dir"))
+    trainer = make_trainer(arm.spec(base), options, name=f"{config['job_name']}race-{arm.name}-seg{config['segment']}",
+                           storage=config["storage"], callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def run_race_round(spec: JobSpec, arms: list[Arm], until: int, index: int, *, job_id: str, storage: str,
+                   mlflow_uri: str | None, spill_dir: str | None = None) -> None:
+    """One segment of every live arm as one Ray Tune round (`tuning.max_concurrent_trials` at a time:
+    the arms alternate with one slot, run side by side with two); folds the results into `arms`."""
+    import time
+
+    from ray import tune
+
+    from slwtune.storage import job_prefix
+    from slwtune.tuning.tune_glue import CHECKPOINT_PATH_KEY, lift_knobs, trial_resources, with_storage_scheme
+
+    live = [a for a in arms if not a.failed]
+    if not live:
+        return
+    prefix = job_prefix(spec.name, job_id)
+    tuner = tune.Tuner(
+        tune.with_resources(lift_knobs(race_trial), trial_resources(spec)),
+        param_space={"spec": spec.to_dict(), "until": until, "segment": index, "job_name": prefix,
+                     "storage": storage, "mlflow_uri": mlflow_uri, "spill_dir": spill_dir,
+                     "knobs": tune.grid_search([{"arm": a.to_dict()} for a in live])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.tuning.max_concurrent_trials),
+        # a restarted driver reruns an unfinished segment under a new name, from the arms' journaled checkpoints
+        run_config=tune.RunConfig(name=f"{prefix}race-seg{index}-{int(time.time())}", storage_path=storage,
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    start = time.time()
+    by_name = {a.name: a for a in live}
+    for result in tuner.fit():
+        arm = by_name[(result.config or {})["knobs"]["arm"]["name"]]
+        df = getattr(result, "metrics_dataframe", None)
+        reports = df.to_dict("records") if df is not None else [dict(result.metrics or {})]
+        error = f"{type(result.error).__name__}: {str(result.error)[:300]}" if result.error is not None else None
+        ckpt = with_storage_scheme((result.metrics or {}).get(CHECKPOINT_PATH_KEY), storage)
+        update_arm(arm, reports, ckpt, time.time() - start, error)

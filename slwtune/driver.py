@@ -228,13 +228,14 @@ def run_race(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -
     return arms, decision
 
 
-def decide(job: Job, chosen: Probe | None, results: list[ProbeResult],
-           control: ProbeResult | None) -> tuple[bool, dict, dict | None]:
-    """(baseline wins?, the report's `decision`, the race's arms or None)."""
-    spec, seed = job.spec, winning_probe(results, chosen)
+def decide(spec: JobSpec, chosen: Probe | None, results: list[ProbeResult], control: ProbeResult | None,
+           race) -> tuple[bool, dict, dict | None]:
+    """(baseline wins?, the report's `decision`, the race's arms or None). `race(chosen, seed, control)`
+    runs the race and returns (arms, Decision): on Ray for the driver, in-process for tune_locally."""
+    seed = winning_probe(results, chosen)
     why_not = race_skipped_because(spec, chosen, seed, control)
     if why_not is None:
-        arms, decision = run_race(job, chosen, seed, control)
+        arms, decision = race(chosen, seed, control)
         return decision.winner == ARM_BASELINE, R.decision_report(spec, arms, decision), arms
     if not spec.tuning.race:
         baseline = compare_with_control(results, control)["baseline_wins"]
@@ -318,7 +319,8 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
         chosen = search.chosen()
         job.status(phase=M.PHASE_SELECTING, progress=f"{len(results)} probes done")
         comparison = compare_with_control(results, control)  # the probe window's (early) view, for the report
-        baseline_wins, decision, arms = decide(job, chosen, results, control)
+        baseline_wins, decision, arms = decide(spec, chosen, results, control,
+                                               lambda *probes: run_race(job, *probes))
         comparison.update(baseline_wins=baseline_wins, message=SLW_NOT_NEEDED if baseline_wins else None)
         outcome, error = job_outcome(results, chosen, None, baseline_wins)
         go, knobs, seed_probe = full_run_plan(spec, chosen, baseline_wins, control, results)

@@ -311,8 +311,10 @@ def update_arm(arm: Arm, reports: list[dict], checkpoint: str | None, wall_s: fl
 
 
 def local_segment_runner(spec: JobSpec, workdir: str, *, device: str = "cpu",
-                         options: Callable[[Arm], dict] | None = None) -> SegmentRunner:
-    """Segments in this process: each arm in turn (one slot), `train_loop` from its last checkpoint."""
+                         options: Callable[[Arm], dict] | None = None,
+                         on_reports: Callable[[Arm, list[dict]], None] | None = None) -> SegmentRunner:
+    """Segments in this process: each arm in turn (one slot), `train_loop` from its last checkpoint.
+    `options(arm)` adds RunOptions fields (MLflow run, on_step); `on_reports` sees each segment's reports."""
     import time
 
     from slwtune.sessions import LocalSession
@@ -332,6 +334,8 @@ def local_segment_runner(spec: JobSpec, workdir: str, *, device: str = "cpu",
                 error = f"{type(exc).__name__}: {str(exc)[:300]}"
             ckpt = session.checkpoints[-1] if session.checkpoints else None
             update_arm(arm, session.reports, ckpt, time.perf_counter() - t0, error)
+            if on_reports:
+                on_reports(arm, session.reports)
 
     return run
 

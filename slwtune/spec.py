@@ -292,8 +292,11 @@ class JobSpec(_Section):
         return max(1, math.floor(room / per_step))
 
     def fitted_to_run(self) -> tuple["JobSpec", str | None]:
-        """This spec with the searched T capped by `duration_cap()`, and a note saying so (None: no change)."""
+        """This spec with the searched T capped by `duration_cap()` when the race decides (tuning.race
+        and tuning.control_probe), and a note saying so (None: no change)."""
         t, cap = self.tuning, self.duration_cap()
+        if not (t.race and t.control_probe):  # no race to judge T: the search's own bounds stand
+            return self, None
         if cap < t.duration_min:  # no searched T fits: the race decides at its budget (docs/results.md)
             return self, (f"the run is too short for the race to see past any searched T (cap {cap} steps < "
                           f"tuning.duration_min={t.duration_min}): T is not capped, and an SLW arm still in its "

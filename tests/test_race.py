@@ -167,3 +167,64 @@ def test_update_arm_reads_a_diverged_segment_as_lost():
     R.update_arm(arm, [{M.TRAIN_TOKENS: 200, M.VAL_LOSS: 9.0, M.VERDICT: M.DIVERGED, M.REASON: "loss ratio"}],
                  "/c2", 1.0, None)
     assert arm.failed and arm.points == [[200, 9.0, None]] and arm.checkpoint == "/c2"
+
+
+# ---- the spec's fields, the T cap, the plan, MLflow's view ---------------------------------------
+
+
+@pytest.mark.parametrize("field,value", [("race_max_fraction", 0.0), ("race_max_fraction", 1.5),
+                                         ("race_patience", 0), ("race_z", -1.0), ("race_warmup_margin", -0.1)])
+def test_race_fields_are_validated_naming_the_field(field, value):
+    from slwtune.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        tiny(**{field: value})
+    assert any(p["loc"] == f"tuning.{field}" for p in err.value.problems)
+
+
+def test_the_t_cap_leaves_the_race_room_to_see_slw_past_its_warmup():
+    from slwtune.spec import load_spec
+
+    spec = load_spec("shakespeare-demo")
+    cap = spec.duration_cap()
+    fitted, note = spec.fitted_to_run()
+    assert fitted.tuning.duration_max == cap < spec.tuning.duration_max and "capped" in note
+    # at the cap, SLW's warmup + margin and `patience` full-length evaluations fit in the race budget
+    room = spec.race_tokens() - R.slw_past_warmup_tokens(spec, spec.slw.start_length, cap)
+    full_eval = spec.run.eval_every_steps * spec.data.batch_size * spec.slw.full_length
+    assert spec.tuning.race_patience * full_eval <= room < (spec.tuning.race_patience + 1) * full_eval
+    assert load_spec("shakespeare-demo", ["tuning.race=false"]).fitted_to_run() == (
+        load_spec("shakespeare-demo", ["tuning.race=false"]), None)
+
+
+@pytest.mark.parametrize("stated,full_run", [("slw", "slw"), ("baseline", "baseline"), ("tie", "baseline")])
+def test_simulate_states_the_races_outcome(stated, full_run):
+    from slwtune.plan import format_simulation, parse_landscape, simulate
+    from slwtune.spec import load_spec
+
+    sim = simulate(load_spec("shakespeare-demo"), parse_landscape(f"diverged<60,race={stated}"))
+    assert sim["race"]["raced"] and sim["race"]["full_run"] == full_run
+    assert sim["race"]["slw_from_tokens"] < sim["race"]["race_budget_tokens"]
+    assert "race: SLW may win only past" in format_simulation(sim)
+
+
+def test_simulate_names_a_bad_race_outcome():
+    from slwtune.errors import SpecError
+    from slwtune.plan import parse_landscape
+
+    with pytest.raises(SpecError) as err:
+        parse_landscape("race=maybe")
+    assert err.value.problems[0]["loc"] == "--simulate"
+
+
+def test_a_run_without_slw_shows_no_slw_knobs_in_mlflow():
+    from slwtune import tracking
+
+    spec = tiny()
+    off = spec.without_slw()
+    assert tracking.knob_tags(off) == {M.TAG_SLW_ENABLED: "false"}
+    params = tracking.run_params(off)
+    assert params["slw.enabled"] is False and "slw.start_length" not in params and "slw.duration_steps" not in params
+    on = tracking.knob_tags(spec.with_slw(8, 4))
+    assert on == {M.TAG_SLW_ENABLED: "true", M.TAG_START_LENGTH: 8, M.TAG_DURATION_STEPS: 4}
+    assert tracking.run_params(spec)["slw.start_length"] == 8

@@ -165,8 +165,8 @@ def race_skipped_because(spec: JobSpec, chosen: Probe | None, seed: ProbeResult 
         return "tuning.race is off: decided on the probe window alone (an early comparison)"
     if control is None:
         return "no control probe (tuning.control_probe is off)"
-    if control.verdict != M.STABLE:
-        return f"the control probe was {control.verdict}: SLW stays"
+    if control.verdict in M.RUN_FAILED_VERDICTS:  # a fluctuating control still trains: the race judges it
+        return f"the control probe {control.verdict}: SLW stays"
     if chosen is None:
         return "no SLW probe was stable: the baseline runs"
     if spec.model.entrypoint:

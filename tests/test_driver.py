@@ -325,3 +325,15 @@ def test_a_job_finishes_with_a_warning_when_mlflow_is_down(fake, tmp_path, monke
     assert report["outcome"] == M.OUTCOME_DONE and report["chosen"] is not None
     assert report["warnings"] and all("MLflow unavailable" in w for w in report["warnings"])
     assert report["mlflow_parent_run_id"] is None
+
+
+def test_a_fluctuating_control_still_races_a_diverged_one_does_not(fake, tmp_path):
+    """An early val-ppl wobble does not make the control unusable: it trained, and the race judges it."""
+    cluster = fake(FakeCluster(Landscape(), control=(M.FLUCTUATING, 15.0), race_gap=0.2))
+    report = driver.run_job(spec(), tmp_path / "a", job_id="f1")
+    assert report["decision"]["raced"] and report["decision"]["winner"] == "baseline"
+    assert cluster.trained == [(False, "/race/baseline/seg1")]
+    cluster = fake(FakeCluster(Landscape(), control=(M.DIVERGED, 15.0)))
+    report = driver.run_job(spec(), tmp_path / "b", job_id="f2")
+    assert not report["decision"]["raced"] and "diverged" in report["decision"]["reason"]
+    assert report["decision"]["winner"] == "slw" and cluster.race_calls == []

@@ -228,3 +228,18 @@ def test_a_run_without_slw_shows_no_slw_knobs_in_mlflow():
     on = tracking.knob_tags(spec.with_slw(8, 4))
     assert on == {M.TAG_SLW_ENABLED: "true", M.TAG_START_LENGTH: 8, M.TAG_DURATION_STEPS: 4}
     assert tracking.run_params(spec)["slw.start_length"] == 8
+
+
+def test_max_tokens_stops_a_run_at_a_token_count_and_keeps_the_full_runs_lr_schedule():
+    from slwtune.sessions import LocalSession
+    from slwtune.train_loop import RunOptions, train_loop
+    from slwtune.tuning.local import StepRecorder
+
+    spec = tiny().with_slw(8, 4)
+    full, cut = StepRecorder(), StepRecorder()
+    train_loop(spec, RunOptions(max_steps=12, on_step=full), LocalSession())
+    last = train_loop(spec, RunOptions(max_tokens=1000, on_step=cut), LocalSession())
+    assert last[M.TRAIN_TOKENS] >= 1000 and cut.rows[-2][M.TRAIN_TOKENS] < 1000 and last[M.DONE]
+    assert M.VAL_LOSS in last  # the segment ends with an evaluation (the race's shared milestone)
+    n = len(cut.rows)
+    assert [r[M.TRAIN_LR] for r in cut.rows] == [r[M.TRAIN_LR] for r in full.rows[:n]]

@@ -182,6 +182,8 @@ def new_arms(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -
                          tokens=seed.tokens),
             ARM_BASELINE: Arm(ARM_BASELINE, job.spec.slw.full_length, 0, control.checkpoint, control.tokens,
                               tokens=control.tokens)}
+    if not R.segment_milestones(max(seed.tokens, control.tokens), job.spec):
+        return arms  # the probes already reach the race budget: nothing to train, no runs to show
     for arm in arms.values():
         spec = arm.spec(job.spec)
         name = f"race-{'slw' if arm.slw else 'control-no-slw'}-{job.job_id}"

@@ -18,10 +18,15 @@ the rule below compares the two validation-loss curves at equal tokens:
   undecided race goes to the baseline, the safer arm: a gap inside the noise band has not
   shown a gain, and the promise is to end no worse than without SLW.
 
-Anchors: Optuna's `WilcoxonPruner` compares a trial with the best one on *paired* instances
-(here: equal-token evaluations of the same validation batches) and prunes only on a
-significant difference; ASHA (Ray Tune's `AsyncHyperBandScheduler`) judges trials at shared
-rungs (here: the shared token milestones that end each segment) and stops the worse one there.
+Anchors (read in the installed sources): Optuna's `WilcoxonPruner` (optuna/pruners/_wilcoxon.py)
+compares the current trial with the best one only on the steps *both* reported (paired), waits
+for `n_startup_steps` (2) such steps, and prunes only when it is sure up to `p_threshold` (0.1)
+that the trial is worse: here the pairs are equal-token evaluations on the same validation
+batches, the startup wait is `race_patience` and the certainty is the z-band. ASHA (Ray Tune's
+`AsyncHyperBandScheduler`, ray/tune/schedulers/async_hyperband.py) judges trials only at shared
+rungs past a `grace_period` and stops those below the rung's cutoff (a percentile of the
+recorded results): here the rungs are the shared token milestones that end each segment, and
+the SLW arm's grace period is its warmup + margin (it cannot win before).
 Like Optuna's `PatientPruner` and llm-foundry's consecutive-outlier rule, one noisy
 evaluation never decides. Unlike ASHA, the race is a pair, and the winner's training goes on
 (the full run continues from its checkpoint), so only the loser's race tokens are spent.

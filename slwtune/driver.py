@@ -208,8 +208,15 @@ def run_race(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -
         arms, done = new_arms(job, chosen, seed, control), 0
 
     def save(journal: dict) -> None:
+        """Journal first, then drop each arm's previous race run (its new checkpoint supersedes it)."""
+        before = {k: a["checkpoint"] for k, a in (job.state.get("race") or {}).get("arms", {}).items()}
         job.state["race"] = journal
         job.save()
+        if job.spec.tuning.keep_probe_checkpoints:
+            return
+        for name, old in before.items():
+            if old and old != journal["arms"][name]["checkpoint"] and f"race-{name}-seg" in old:
+                storage.delete(storage.run_folder(old))
 
     def segment(arms_: list[Arm], until: int, index: int) -> None:
         run_race_round(job.spec, arms_, until, index, job_id=job.job_id, storage=job.storage, mlflow_uri=job.uri,

@@ -337,3 +337,25 @@ def test_a_fluctuating_control_still_races_a_diverged_one_does_not(fake, tmp_pat
     report = driver.run_job(spec(), tmp_path / "b", job_id="f2")
     assert not report["decision"]["raced"] and "diverged" in report["decision"]["reason"]
     assert report["decision"]["winner"] == "slw" and cluster.race_calls == []
+
+
+def test_race_runs_are_dropped_as_the_race_goes_on_except_the_one_continued(fake, tmp_path):
+    cluster = FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=0.0)
+    original = cluster.run_race_round
+    runs = tmp_path / "storage"
+
+    def with_run_folders(spec_, arms, until, index, **kw):
+        original(spec_, arms, until, index, **kw)
+        for arm in arms:
+            ckpt = runs / f"job-race-{arm.name}-seg{index}" / "checkpoint_000"
+            ckpt.mkdir(parents=True)
+            arm.checkpoint = str(ckpt)
+
+    cluster.run_race_round = with_run_folders
+    fake(cluster)
+    report = driver.run_job(spec("tuning.race_max_fraction=1.0", "tuning.race_patience=1"), tmp_path / "out",
+                            job_id="k3")
+    segments = report["decision"]["arms"]["baseline"]["segments"]
+    assert segments > 1 and report["decision"]["winner"] == "baseline"
+    assert sorted(p.name for p in runs.iterdir()) == [f"job-race-baseline-seg{segments}"]
+    assert cluster.trained == [(False, str(runs / f"job-race-baseline-seg{segments}" / "checkpoint_000"))]

@@ -10,10 +10,12 @@ process (slwtune.train_loop with a LocalSession: no Ray, no MLflow needed):
 
   baseline   SLW off (spec.without_slw()).
   tuned      what `slwtune tune` delivers: the spec's own search strategy drives in-process probes
-             (slwtune.tuning.local: the control probe too), the driver's own rule picks the full run
-             (the baseline when the control wins, `tuning.when_baseline_wins`), and the full run
-             continues from the winning probe when `tuning.reuse_probe_checkpoint` is on. Tuned once
-             per seed; every probe's tokens and time count against this arm (its curve starts there).
+             (slwtune.tuning.local: the control probe too), the driver's own race decides between the
+             best SLW candidate and the control at equal tokens (slwtune.tuning.race), the driver's rule
+             picks the full run (the baseline when the control wins, `tuning.when_baseline_wins`), and
+             the full run continues from the race winner's checkpoint when
+             `tuning.reuse_probe_checkpoint` is on. Tuned once per seed; every probe's and both race
+             arms' tokens and time count against this arm (its curve starts there).
   composer   Composer's SeqLengthWarmup defaults (see DEFAULTS).
   deepspeed  the DeepSpeed curriculum-learning tutorial's seqlen settings (see DEFAULTS).
 
@@ -50,6 +52,7 @@ from slwtune import metrics as M
 from slwtune.spec import JobSpec, apply_overrides, load_spec, parse_spec
 from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
+from slwtune.tuning import race as R
 from slwtune.tuning.local import CPU_S, LocalTuning, StepRecorder, tune_locally
 
 BASELINE, TUNED, COMPOSER, DEEPSPEED = "baseline", "tuned", "composer", "deepspeed"
@@ -285,7 +288,8 @@ def run_tuned(spec: JobSpec, lr: float, seed: int, device: str, tracker, log) ->
     """The tuned arm: slwtune's search in-process, then the full run the driver would start."""
     tuning = tune_locally(spec, device=device, study_name=f"paper-effect-lr{lr:g}-seed{seed}",
                           keep_checkpoints=spec.tuning.reuse_probe_checkpoint,
-                          options=tracker.probe_options(spec, lr, seed), log=log)
+                          options=tracker.probe_options(spec, lr, seed), race_options=tracker.race_options(spec, lr, seed),
+                          log=log)
     try:
         return _tuned_full_run(spec, tuning, lr, seed, device, tracker)
     finally:
@@ -302,26 +306,38 @@ def _tuned_full_run(spec: JobSpec, tuning: LocalTuning, lr: float, seed: int, de
         label = f"s={knobs.start_length} T={knobs.duration_steps}"
     verdicts = ", ".join(f"{'control' if not r.slw else f's={r.start_length} T={r.duration_steps}'} {r.verdict}"
                          for r in tuning.probes)
+    decision = tuning.decision or {}
+    race = (f"; race: {decision.get('winner')} ({decision.get('rule')}, {decision.get('race_tokens', 0):,} tokens)"
+            if decision.get("raced") else "")
     cost = dict(tuning_tokens=tuning.tokens, tuning_wall_s=tuning.wall_s, tuning_cpu_s=tuning.total_cpu_s,
-                tuning_note=f"seed {seed}: {verdicts} -> {label}")
+                tuning_note=f"seed {seed}: {verdicts}{race} -> {label}")
     if not go:
         return Run(TUNED, lr, seed, label, Curve(), None, M.NONE_STABLE, 0, 0.0, 0.0, **cost)
     run_spec = spec.with_slw(knobs.start_length, knobs.duration_steps) if knobs else spec.without_slw()
-    init = seed_probe.checkpoint if (seed_probe is not None and spec.tuning.reuse_probe_checkpoint) else None
+    init = tuning.start_point(knobs, seed_probe) if spec.tuning.reuse_probe_checkpoint else None
     curve = Curve()
     tokens0, wall0, cpu0 = float(tuning.tokens), tuning.wall_s, tuning.total_cpu_s
-    if init:  # the winning probe's own steps are this run's first steps: its cost sits in its curve
+    if init:  # the winning probe's (and race arm's) steps are this run's first steps: their cost sits in its curve
+        arm = (tuning.arms or {}).get(R.ARM_SLW if knobs else R.ARM_BASELINE)
         probe = seed_probe.probe
-        tokens0 -= seed_probe.tokens
-        wall0 -= seed_probe.wall_s
-        cpu0 -= tuning.cpu_s[probe]
+        race_wall, race_cpu = (tuning.race_wall_s.get(arm.name, 0.0), tuning.race_cpu_s.get(arm.name, 0.0)) \
+            if arm else (0.0, 0.0)
+        tokens0 -= arm.tokens if arm else seed_probe.tokens
+        wall0 -= seed_probe.wall_s + race_wall
+        cpu0 -= tuning.cpu_s[probe] + race_cpu
         curve.add(tuning.reports[probe], tuning.rows[probe], tokens0, wall0, cpu0)
         wall0 += seed_probe.wall_s
         cpu0 += tuning.cpu_s[probe]
+        if arm:
+            curve.add(tuning.race_reports.get(arm.name, []), tuning.race_rows.get(arm.name, []), tokens0, wall0,
+                      cpu0)
+            wall0 += race_wall
+            cpu0 += race_cpu
     with tracker.child(f"{TUNED}-lr{lr:g}-seed{seed}", run_spec, {"arm": TUNED, "lr": lr, "seed": seed}) as mlflow:
         last, reports, rec = train(run_spec, device, init_checkpoint=init, mlflow=mlflow)
     curve.add(reports, rec.rows, tokens0, wall0, cpu0)
-    return Run(TUNED, lr, seed, label + (" (continued from its probe)" if init else ""), curve, final_loss(last),
+    return Run(TUNED, lr, seed, label + ((" (continued from its race arm)" if tuning.arms else
+                                          " (continued from its probe)") if init else ""), curve, final_loss(last),
                last.get(M.VERDICT, M.FAILED), int(last.get(M.TRAIN_TOKENS) or 0), rec.wall_s(), rec.cpu_s(), **cost)
 
 
@@ -601,9 +617,30 @@ class Tracker:
             name = f"probe-lr{lr:g}-seed{seed}-" + (f"s{probe.start_length}-T{probe.duration_steps}" if probe.slw
                                                     else "control")
             run_id = tracking.create_run(self.uri, self.experiment, name, parent_run_id=self.parent,
-                                         params=probe_spec(spec, probe).flat(),
-                                         tags={M.TAG_KIND: kind, "arm": TUNED, "lr": lr, "seed": seed})
+                                         params=tracking.run_params(probe_spec(spec, probe)),
+                                         tags={M.TAG_KIND: kind, "arm": TUNED, "lr": lr, "seed": seed,
+                                               **tracking.knob_tags(probe_spec(spec, probe))})
             return {"mlflow_uri": self.uri, "mlflow_run_id": run_id}
+
+        return options
+
+    def race_options(self, spec: JobSpec, lr: float, seed: int):
+        """RunOptions fields for each race arm: one child run per arm (kind race), kept over its segments."""
+        if not self.parent:
+            return None
+        from slwtune import tracking
+
+        runs: dict[str, str] = {}
+
+        def options(arm) -> dict:
+            if arm.name not in runs:
+                arm_spec = arm.spec(spec)
+                runs[arm.name] = tracking.create_run(
+                    self.uri, self.experiment, f"race-lr{lr:g}-seed{seed}-{arm.name}", parent_run_id=self.parent,
+                    params=tracking.run_params(arm_spec), tags={M.TAG_KIND: M.KIND_RACE, M.TAG_RACE_ARM: arm.name,
+                                                                "arm": TUNED, "lr": lr, "seed": seed,
+                                                                **tracking.knob_tags(arm_spec)})
+            return {"mlflow_uri": self.uri, "mlflow_run_id": runs[arm.name]}
 
         return options
 
@@ -639,7 +676,8 @@ class _Child:
         from slwtune import tracking
 
         self.run_id = tracking.create_run(t.uri, t.experiment, self.name, parent_run_id=t.parent,
-                                          params=self.spec.flat(), tags={M.TAG_KIND: M.KIND_TRAIN, **self.tags})
+                                          params=tracking.run_params(self.spec),
+                                          tags={M.TAG_KIND: M.KIND_TRAIN, **tracking.knob_tags(self.spec), **self.tags})
         return {"mlflow_uri": t.uri, "mlflow_run_id": self.run_id}
 
     def __exit__(self, exc_type, exc, tb) -> None:

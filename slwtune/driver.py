@@ -1,4 +1,4 @@
-"""The job driver: probe phase -> selection -> full run, all logged to MLflow.
+"""The job driver: probe phase -> selection -> decision (the race) -> full run, all logged to MLflow.
 
 `run_job` is what `slwtune tune` runs, locally or as the Ray job the service
 submits (`python -m slwtune.cli tune SPEC --job-id ID --out DIR`); the CLI owns
@@ -19,7 +19,9 @@ from slwtune.raycluster import ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec
 from slwtune.train import fit_and_summarize, make_trainer
 from slwtune.train_loop import RunOptions
-from slwtune.tuning.report import build_report, compare_with_control, write_plots, write_report
+from slwtune.tuning import race as R
+from slwtune.tuning.race import ARM_BASELINE, ARM_SLW, Arm, run_race_round
+from slwtune.tuning.report import SLW_NOT_NEEDED, build_report, compare_with_control, write_plots, write_report
 from slwtune.tuning.strategies import Probe, Search, make_search
 from slwtune.tuning.tune_glue import ProbeResult, run_round
 from slwtune.user_loop import load_entrypoint
@@ -99,23 +101,24 @@ def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:
 # ---- full run ---------------------------------------------------------------------------------
 
 
-def run_full(job: Job, chosen: Probe | None, winner: ProbeResult | None) -> dict:
+def run_full(job: Job, chosen: Probe | None, start_from: str | None) -> dict:
     """The full run with the chosen knobs (None: the baseline, SLW off): the report's `full_run`.
 
-    It continues from `winner`'s checkpoint (the probe that ran these settings) when
-    `tuning.reuse_probe_checkpoint` is on, so that probe's compute is not thrown away. Its Ray
-    run name is fixed by the job, so after a restart Ray Train resumes it from its last checkpoint.
+    It continues from `start_from` (the race winner's checkpoint, else the probe that ran these
+    settings) when `tuning.reuse_probe_checkpoint` is on, so that compute is not thrown away. Its
+    Ray run name is fixed by the job, so after a restart Ray Train resumes it from its last checkpoint.
     """
     if job.state.get("full_run"):  # finished before a restart
         return job.state["full_run"]
     spec = job.spec.with_slw(chosen.start_length, chosen.duration_steps) if chosen else job.spec.without_slw()
-    init = winner.checkpoint if (winner and spec.tuning.reuse_probe_checkpoint) else None
+    init = start_from if spec.tuning.reuse_probe_checkpoint else None
     run_id = job.state.get("full_run_mlflow_run_id")
     if job.uri and not run_id:
         run_id = job.track("create the full run's run", tracking.create_run, tracking.experiment_name(spec),
-                           f"full-run-{job.job_id}", parent_run_id=job.parent_run_id, params=spec.flat(),
+                           f"full-run-{job.job_id}", parent_run_id=job.parent_run_id,
+                           params=tracking.run_params(spec),
                            tags={M.TAG_KIND: M.KIND_FULL_RUN, M.TAG_JOB_ID: job.job_id,
-                                 M.TAG_CONTINUED_FROM: init or "-"})
+                                 M.TAG_CONTINUED_FROM: init or "-", **tracking.knob_tags(spec)})
         job.state["full_run_mlflow_run_id"] = run_id
         job.save()
     job.status(phase=M.PHASE_FULL_RUN, progress="full run started")
@@ -140,14 +143,130 @@ def run_full(job: Job, chosen: Probe | None, winner: ProbeResult | None) -> dict
     return summary
 
 
-def drop_probe_checkpoints(job: Job, results: list[ProbeResult], keep: ProbeResult | None) -> int:
+def drop_probe_checkpoints(job: Job, results: list[ProbeResult], keep: ProbeResult | None,
+                           keep_checkpoint: str | None = None) -> int:
     """Delete the Train runs of the probes the full run does not continue from; returns how many."""
     dropped = 0
     for r in results:
-        if r.checkpoint and r is not keep:
+        if r.checkpoint and r is not keep and r.checkpoint != keep_checkpoint:
             storage.delete(storage.run_folder(r.checkpoint))
             dropped += 1
     return dropped
+
+
+# ---- decision: the race between the best SLW candidate and the control --------------------------------
+
+
+def race_skipped_because(spec: JobSpec, chosen: Probe | None, seed: ProbeResult | None,
+                         control: ProbeResult | None) -> str | None:
+    """Why there is no race (None: there is one). Without a race, a stable control wins only when
+    no SLW probe was stable, and SLW stays otherwise (the control cannot be judged)."""
+    if not spec.tuning.race:
+        return "tuning.race is off: decided on the probe window alone (an early comparison)"
+    if control is None:
+        return "no control probe (tuning.control_probe is off)"
+    if control.verdict in M.RUN_FAILED_VERDICTS:  # a fluctuating control still trains: the race judges it
+        return f"the control probe {control.verdict}: SLW stays"
+    if chosen is None:
+        return "no SLW probe was stable: the baseline runs"
+    if spec.model.entrypoint:
+        return "a training function (model.entrypoint) cannot stop at a token count: no race"
+    if seed is None or not seed.checkpoint or not control.checkpoint:
+        return "a probe checkpoint to race from is missing"
+    return None
+
+
+def new_arms(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -> dict[str, Arm]:
+    """Both arms at their probes' ends, each with its own MLflow child run (same metric names)."""
+    arms = {ARM_SLW: Arm(ARM_SLW, chosen.start_length, chosen.duration_steps, seed.checkpoint, seed.tokens,
+                         tokens=seed.tokens),
+            ARM_BASELINE: Arm(ARM_BASELINE, job.spec.slw.full_length, 0, control.checkpoint, control.tokens,
+                              tokens=control.tokens)}
+    if not R.segment_milestones(max(seed.tokens, control.tokens), job.spec):
+        return arms  # the probes already reach the race budget: nothing to train, no runs to show
+    for arm in arms.values():
+        spec = arm.spec(job.spec)
+        name = f"race-{'slw' if arm.slw else 'control-no-slw'}-{job.job_id}"
+        arm.mlflow_run_id = job.track("create a race arm's run", tracking.create_run, tracking.experiment_name(spec),
+                                      name, parent_run_id=job.parent_run_id, params=tracking.run_params(spec),
+                                      tags={M.TAG_KIND: M.KIND_RACE, M.TAG_JOB_ID: job.job_id,
+                                            M.TAG_RACE_ARM: arm.name, M.TAG_CONTINUED_FROM: arm.checkpoint,
+                                            **tracking.knob_tags(spec)})
+    return arms
+
+
+def run_race(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -> tuple[dict, R.Decision]:
+    """The race, journaled in job.json `race` after every segment: a restarted driver goes on from there."""
+    state = job.state.get("race")
+    if state:
+        arms, done, decision = R.from_journal(state)
+        if decision is not None:
+            return arms, decision
+        job.status(phase=M.PHASE_SELECTING, progress=f"race: {done} segment(s) finished before the restart, "
+                                                      f"not rerun")
+    else:
+        arms, done = new_arms(job, chosen, seed, control), 0
+
+    def save(journal: dict) -> None:
+        """Journal first, then drop each arm's previous race run (its new checkpoint supersedes it)."""
+        before = {k: a["checkpoint"] for k, a in (job.state.get("race") or {}).get("arms", {}).items()}
+        job.state["race"] = journal
+        job.save()
+        if job.spec.tuning.keep_probe_checkpoints:
+            return
+        for name, old in before.items():
+            if old and old != journal["arms"][name]["checkpoint"] and f"race-{name}-seg" in old:
+                storage.delete(storage.run_folder(old))
+
+    def segment(arms_: list[Arm], until: int, index: int) -> None:
+        run_race_round(job.spec, arms_, until, index, job_id=job.job_id, storage=job.storage, mlflow_uri=job.uri,
+                       spill_dir=job.spill_dir)
+
+    job.status(phase=M.PHASE_SELECTING, progress=f"race: s={chosen.start_length} T={chosen.duration_steps} "
+                                                  f"against the control, up to {job.spec.race_tokens():,} tokens")
+    decision = R.race(job.spec, arms, segment, save=save, done_segments=done,
+                      log=lambda line: job.status(progress=line))
+    for arm in arms.values():
+        if arm.mlflow_run_id:
+            won = arm.name == decision.winner
+            job.track("tag a race arm", tracking.set_tags, arm.mlflow_run_id,
+                      {M.TAG_VERDICT: arm.verdict, M.TAG_DECISION: "won" if won else "lost",
+                       M.TAG_REASON: decision.reason})
+            job.track("end a race arm's run", tracking.end_run, arm.mlflow_run_id,
+                      "FAILED" if arm.failed else ("FINISHED" if won else "KILLED"))
+    return arms, decision
+
+
+def decide(spec: JobSpec, chosen: Probe | None, results: list[ProbeResult], control: ProbeResult | None,
+           race) -> tuple[bool, dict, dict | None]:
+    """(baseline wins?, the report's `decision`, the race's arms or None). `race(chosen, seed, control)`
+    runs the race and returns (arms, Decision): on Ray for the driver, in-process for tune_locally."""
+    seed = winning_probe(results, chosen)
+    why_not = race_skipped_because(spec, chosen, seed, control)
+    if why_not is None:
+        arms, decision = race(chosen, seed, control)
+        return decision.winner == ARM_BASELINE, R.decision_report(spec, arms, decision), arms
+    if not spec.tuning.race:
+        baseline = compare_with_control(results, control)["baseline_wins"]
+    else:
+        baseline = control is not None and control.verdict == M.STABLE and chosen is None
+    report = R.decision_report(spec, None, None, note=why_not)
+    report["winner"] = ARM_BASELINE if baseline else (ARM_SLW if chosen else None)
+    return baseline, report, None
+
+
+def start_point(arms: dict | None, knobs: Probe | None, seed_probe: ProbeResult | None) -> str | None:
+    """The checkpoint the full run continues from: the raced arm with these knobs, else the probe."""
+    if arms is not None:
+        return arms[ARM_SLW if knobs else ARM_BASELINE].checkpoint
+    return seed_probe.checkpoint if seed_probe else None
+
+
+def drop_race_loser(job: Job, arms: dict | None, keep: str | None) -> None:
+    """Delete the race runs the full run does not continue from (tuning.keep_probe_checkpoints: false)."""
+    for arm in (arms or {}).values():
+        if arm.checkpoint and arm.checkpoint != keep and arm.checkpoint.startswith(job.storage):
+            storage.delete(storage.run_folder(arm.checkpoint))
 
 
 def job_disk_bytes(job: Job) -> int:
@@ -200,33 +319,43 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
     job.start()
     status = "FAILED"
     try:
-        search = make_search(spec, study_name=f"{spec.name}-{job.job_id}",
+        search_spec, fit_note = spec.fitted_to_run()  # T that the run (and the race) can judge
+        if fit_note and fit_note not in job.notes:
+            job.notes.append(fit_note)
+        search = make_search(search_spec, study_name=f"{spec.name}-{job.job_id}",
                              default_storage=f"sqlite:///{(job.out / 'optuna.db').resolve()}")
         results, control = run_search(job, search)
         chosen = search.chosen()
         job.status(phase=M.PHASE_SELECTING, progress=f"{len(results)} probes done")
-        comparison = compare_with_control(results, control)
-        baseline_wins = comparison["baseline_wins"]
+        comparison = compare_with_control(results, control)  # the probe window's (early) view, for the report
+        baseline_wins, decision, arms = decide(spec, chosen, results, control,
+                                               lambda *probes: run_race(job, *probes))
+        comparison.update(baseline_wins=baseline_wins, message=SLW_NOT_NEEDED if baseline_wins else None)
         outcome, error = job_outcome(results, chosen, None, baseline_wins)
         go, knobs, seed_probe = full_run_plan(spec, chosen, baseline_wins, control, results)
+        start_from = start_point(arms, knobs, seed_probe)
         if not spec.tuning.keep_probe_checkpoints:
-            dropped = drop_probe_checkpoints(job, results + [control] * (control is not None), seed_probe)
+            dropped = drop_probe_checkpoints(job, results + [control] * (control is not None),
+                                             None if arms else seed_probe, start_from)
+            drop_race_loser(job, arms, start_from)
             if dropped:
                 job.notes.append(f"deleted the checkpoints of {dropped} probe(s) the full run does not continue "
                                  f"from (tuning.keep_probe_checkpoints: false)")
         report = build_report(spec=spec, job_id=job.job_id, strategy=spec.tuning.strategy, probes=results,
                               chosen=chosen, notes=list(search.notes) + job.notes, violations=search.violations(),
                               reuse_probe=spec.tuning.reuse_probe_checkpoint, parent_run_id=job.parent_run_id,
-                              outcome=outcome, error=error, control=control, comparison=comparison)
-        plots = write_plots(results, spec, chosen, job.out)
-        outcome_tags = {M.TAG_VERDICT: M.CHOSEN if chosen else M.NONE_STABLE}
+                              outcome=outcome, error=error, control=control, comparison=comparison,
+                              decision=decision)
+        plots = write_plots(results, spec, chosen, job.out, decision=decision)
+        outcome_tags = {M.TAG_VERDICT: M.CHOSEN if chosen else M.NONE_STABLE,
+                        M.TAG_DECISION: decision["winner"] or "-"}
         if chosen:
             outcome_tags.update({M.TAG_CHOSEN_START: chosen.start_length,
                                  M.TAG_CHOSEN_DURATION: chosen.duration_steps})
         job.set_tags(outcome_tags)
         write_report(report, job.out)
         if go and full_run and outcome != M.OUTCOME_PROBES_CRASHED:
-            report["full_run"] = run_full(job, knobs, seed_probe)
+            report["full_run"] = run_full(job, knobs, start_from)
             report["outcome"], report["error"] = job_outcome(results, chosen, report["full_run"], baseline_wins)
         finish_report(job, report, results, control)
         report_files = write_report(report, job.out)

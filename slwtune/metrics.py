@@ -48,6 +48,7 @@ PHASES = (PHASE_PROBING, PHASE_SELECTING, PHASE_FULL_RUN, PHASE_DONE)
 # Kinds of MLflow run (the kind tag)
 KIND_JOB, KIND_PROBE, KIND_FULL_RUN, KIND_TRAIN = "job", "probe", "full_run", "train"
 KIND_CONTROL = "control"  # the baseline probe: SLW off over the probe window
+KIND_RACE = "race"        # one arm of the race between the best SLW candidate and the control
 
 # Outcomes of a job (report.json `outcome`, the parent run's outcome tag)
 OUTCOME_DONE = "done"                      # knobs chosen; the full run (if any) did not diverge or crash
@@ -85,6 +86,9 @@ TAG_OUTCOME = "slwtune.outcome"    # job: one of the OUTCOME_* values
 TAG_CONTINUED_FROM = "slwtune.continued_from"  # full run: the probe checkpoint it continued from
 TAG_START_LENGTH = "slw.start_length"      # probe: its knobs, as tags for the runs table
 TAG_DURATION_STEPS = "slw.duration_steps"
+TAG_SLW_ENABLED = "slw.enabled"            # every training run: false for the control and the baseline
+TAG_RACE_ARM = "slwtune.race_arm"          # race: slw | baseline
+TAG_DECISION = "slwtune.decision"          # job: the race's winner (slw | baseline), or - without a race
 
 # Values that cannot be NaN/Inf in reports (Tune's schedulers choke on them).
 NONFINITE_STANDIN = 1e30

@@ -87,7 +87,7 @@ def make_plan(spec: JobSpec) -> dict:
     config = planned_model_config(spec, vocab)
     flops_fn = lambda length: flops_per_token(config, length)  # noqa: E731
 
-    rounds, trials, knobs = planned_probes(spec)
+    rounds, trials, knobs = planned_probes(spec.fitted_to_run()[0])  # the T the search will try
     per_probe = [_probe_tokens_and_flops(spec, s, d, flops_fn) for s, d in knobs]
     probe_tokens = sum(p[0] for p in per_probe) / len(per_probe)
     probe_flops = sum(p[1] for p in per_probe) / len(per_probe)
@@ -97,6 +97,7 @@ def make_plan(spec: JobSpec) -> dict:
     full_tokens = spec.budget.train_tokens
     # Full-run FLOPs: every token at full length (an upper bound: the full run's own warmup is cheaper).
     full_flops = full_tokens * flops_fn(spec.slw.full_length)
+    race = planned_race(spec, int(round(probe_tokens)), control_tokens)
     return {
         "strategy": spec.tuning.strategy,
         "rounds": rounds,
@@ -117,7 +118,21 @@ def make_plan(spec: JobSpec) -> dict:
         "vocab_size": vocab,
         "vocab_source": vocab_source,
         "note": "upper bound without start-length doublings; each doubling adds up to one more search",
+        **race,
     }
+
+
+def planned_race(spec: JobSpec, slw_probe_tokens: int, control_tokens: int) -> dict:
+    """The race's worst case (both arms to `tuning.race_max_fraction` of the run) and the T cap."""
+    from slwtune.tuning.race import race_worst_case_tokens
+
+    fitted, note = spec.fitted_to_run()
+    out = {"race": bool(spec.tuning.race and spec.tuning.control_probe), "duration_cap": spec.duration_cap(),
+           "searched_duration_max": fitted.tuning.duration_max, "fit_note": note}
+    if not out["race"]:
+        return {**out, "race_budget_tokens": 0, "race_tokens": 0, "race_cost_tokens": 0, "race_cost_fraction": 0.0}
+    worst = race_worst_case_tokens(spec, slw_probe_tokens, control_tokens or control_probe_tokens(spec))
+    return {**out, **worst, "race_cost_fraction": worst["race_cost_tokens"] / spec.budget.train_tokens}
 
 
 def format_plan(plan: dict) -> str:
@@ -134,7 +149,20 @@ def format_plan(plan: dict) -> str:
         f"({plan['tuning_flops_fraction']:.2%} of the "
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
         f"note            {plan['note']}",
+        *race_plan_lines(plan),
     ])
+
+
+def race_plan_lines(plan: dict) -> list[str]:
+    if not plan.get("race"):
+        return ["race            off (tuning.race or tuning.control_probe): the probe window decides"]
+    lines = [f"race (worst)    both arms to {plan['race_budget_tokens']:,} tokens: {plan['race_tokens']:,} tokens, "
+             f"{plan['race_cost_tokens']:,} of them the loser's = {plan['race_cost_fraction']:.2%} of the full run "
+             f"(the winner's go on in the full run)"]
+    lines.append(f"T cap           {plan['duration_cap']} steps (searched T up to {plan['searched_duration_max']})")
+    if plan.get("fit_note"):
+        lines.append(f"note            {plan['fit_note']}")
+    return lines
 
 
 # ---- simulation: the configured search against a stated stability landscape ---------------
@@ -152,6 +180,7 @@ class Landscape:
     diverged_below: int | None = None
     fluctuating_above: int | None = None
     early_below: int | None = None
+    race: str | None = None  # the race's stated outcome: slw | baseline | tie (None: not stated)
 
     def verdict(self, probe: Probe) -> tuple[str, bool]:
         """(verdict, early) of a probe."""
@@ -169,15 +198,24 @@ _RULE_FIELDS = {("diverged", "<"): "diverged_below", ("fluctuating", ">"): "fluc
                 ("early", "<"): "early_below"}
 
 
+RACE_OUTCOMES = ("slw", "baseline", "tie")
+
+
 def parse_landscape(rules: str) -> Landscape:
-    """`diverged<300,fluctuating>700,early<16` -> Landscape; SpecError names a bad rule."""
-    fields: dict[str, int] = {}
+    """`diverged<300,fluctuating>700,early<16,race=slw` -> Landscape; SpecError names a bad rule."""
+    fields: dict = {}
     for rule in filter(None, (r.strip() for r in rules.split(","))):
+        if rule.replace(" ", "").startswith("race="):
+            outcome = rule.replace(" ", "")[len("race="):]
+            if outcome not in RACE_OUTCOMES:
+                raise SpecError([{"loc": "--simulate", "value": rule, "msg": f"race= takes one of {RACE_OUTCOMES}"}])
+            fields["race"] = outcome
+            continue
         m = _RULE.match(rule.replace(" ", ""))
         key = _RULE_FIELDS.get((m.group(1), m.group(2))) if m else None
         if key is None:
-            raise SpecError([{"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T "
-                              "or early<START, comma-separated"}])
+            raise SpecError([{"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T, "
+                              "early<START or race=slw|baseline|tie, comma-separated"}])
         fields[key] = int(m.group(3))
     return Landscape(**fields)
 
@@ -189,7 +227,7 @@ def simulate(spec: JobSpec, landscape: Landscape) -> dict:
     loop stops at its verdict); every other probe is counted over the whole window (an upper
     bound: a fluctuating probe stops at the report that shows it).
     """
-    search = make_search(spec, study_name="simulation", default_storage="sqlite:///:memory:")
+    search = make_search(spec.fitted_to_run()[0], study_name="simulation", default_storage="sqlite:///:memory:")
     window = spec.probe_steps()
     early_steps = max(1, math.ceil(spec.tuning.stability.early_fraction * window))
     rounds, tokens = [], control_probe_tokens(spec)  # the control runs the whole window (not simulated)
@@ -204,7 +242,41 @@ def simulate(spec: JobSpec, landscape: Landscape) -> dict:
     return {"rounds": rounds, "chosen": chosen.as_config() if chosen else None, "probe_steps": window,
             "tuning_tokens": tokens, "tuning_fraction": tokens / full,
             "net_tuning_fraction": (tokens - reused) / full, "notes": list(search.notes),
-            "violations": search.violations()}
+            "violations": search.violations(), "race": simulated_race(spec, chosen, landscape)}
+
+
+def simulated_race(spec: JobSpec, chosen: Probe | None, landscape: Landscape) -> dict:
+    """What the race would do after this search: its rule's numbers, and the stated outcome's full run.
+    The control is taken as stable (a probe landscape says nothing about it)."""
+    from slwtune.tuning.race import race_worst_case_tokens, slw_past_warmup_tokens
+
+    if not (spec.tuning.race and spec.tuning.control_probe) or chosen is None:
+        why = "no race: " + ("tuning.race or tuning.control_probe is off" if chosen else "no stable SLW probe")
+        return {"raced": False, "outcome": why, "full_run": "baseline" if chosen is None else "slw"}
+    window = spec.probe_steps()
+    worst = race_worst_case_tokens(spec, probe_tokens(spec, chosen, window), control_probe_tokens(spec))
+    slw_from = slw_past_warmup_tokens(spec, chosen.start_length, chosen.duration_steps)
+    out = {"raced": True, "slw_from_tokens": slw_from, **worst, "stated": landscape.race}
+    can_win = slw_from < worst["race_budget_tokens"]
+    if landscape.race == "slw" and not can_win:
+        out.update(outcome="SLW cannot win: its warmup + margin ends after the race budget; undecided -> baseline",
+                   full_run="baseline")
+    elif landscape.race == "slw":
+        out.update(outcome=f"SLW wins past {slw_from:,} tokens; the full run continues from its race checkpoint",
+                   full_run="slw")
+    elif landscape.race == "baseline":
+        out.update(outcome="the control wins (it may do so early); the full run follows "
+                           f"tuning.when_baseline_wins={spec.tuning.when_baseline_wins}",
+                   full_run={"run_baseline": "baseline", "run_slw": "slw", "stop": "none"}[
+                       spec.tuning.when_baseline_wins])
+    elif landscape.race == "tie":
+        out.update(outcome=f"undecided at {worst['race_budget_tokens']:,} tokens: the baseline, the safer arm",
+                   full_run="baseline")
+    else:
+        out.update(outcome=("state race=slw|baseline|tie to see the full run; SLW can win only past "
+                            f"{slw_from:,} tokens" + ("" if can_win else " (after the race budget: it cannot)")),
+                   full_run=None)
+    return out
 
 
 def control_probe_tokens(spec: JobSpec) -> int:
@@ -229,6 +301,13 @@ def format_simulation(sim: dict) -> str:
     lines.append("chosen: " + (f"start length {chosen['start_length']}, T={chosen['duration_steps']}"
                                if chosen else "nothing (no stable probe)"))
     lines += [f"note: {n}" for n in sim["notes"]] + [f"violation: {v}" for v in sim["violations"]]
+    race = sim.get("race") or {}
+    if race.get("raced"):
+        lines.append(f"race: SLW may win only past {race['slw_from_tokens']:,} tokens; budget "
+                     f"{race['race_budget_tokens']:,} tokens (worst case {race['race_tokens']:,} tokens, "
+                     f"{race['race_cost_tokens']:,} the loser's); {race['outcome']}")
+    elif race:
+        lines.append(f"race: {race['outcome']}")
     lines.append(f"probe window {sim['probe_steps']} steps; tuning cost {sim['tuning_tokens']:,} tokens = "
                  f"{sim['tuning_fraction']:.2%} of the full run ({sim['net_tuning_fraction']:.2%} net of the reused "
                  f"winning probe)")

@@ -187,6 +187,18 @@ class TuningSpec(_Section):
     control_probe: bool = Field(True, description="round 1 also probes the baseline (SLW off) over the same window")
     when_baseline_wins: Literal["run_baseline", "run_slw", "stop"] = Field(
         "run_baseline", description="full run when the control is stable and at least as good as every SLW probe")
+    # The decision between SLW and the baseline (slwtune.tuning.race): why these defaults, docs/results.md.
+    race: bool = Field(True, description="after the search, race the best SLW candidate against the control "
+                                         "(SLW off) at equal tokens before the full run")
+    race_max_fraction: float = Field(
+        0.3, gt=0.0, le=1.0, description="the race stops at this share of budget.train_tokens; it also caps the "
+                                         "searched T so that the SLW arm can finish its warmup inside it")
+    race_patience: int = Field(3, ge=1, le=100, description="consecutive evaluations an arm must trail by more "
+                                                            "than the band to lose")
+    race_z: float = Field(1.0, gt=0.0, le=10.0, description="the band: z x sqrt(se_slw^2 + se_control^2) of the "
+                                                            "val loss gap at equal tokens")
+    race_warmup_margin: float = Field(
+        0.25, ge=0.0, le=10.0, description="SLW may win only past (1 + margin) x T steps of its warmup")
     stability: StabilitySpec = StabilitySpec()
 
 
@@ -264,6 +276,41 @@ class JobSpec(_Section):
 
     def decay_tokens(self) -> int:
         return self.optim.decay_tokens or self.budget.train_tokens
+
+    def race_tokens(self) -> int:
+        """Where the race between SLW and the control stops at the latest (tokens of the full run)."""
+        return max(1, int(self.tuning.race_max_fraction * self.budget.train_tokens))
+
+    def duration_cap(self) -> int:
+        """The largest T that fits the run: an SLW arm with this T (fixed_linear from slw.start_length)
+        is past (1 + tuning.race_warmup_margin) x T steps and has `race_patience` evaluations at full
+        length left before `race_tokens()`, so the race can still judge it. A T beyond it would be
+        chosen on evidence from inside its own warmup, which predicts nothing (docs/results.md)."""
+        t, b, e = self.tuning, self.data.batch_size, self.slw.full_length
+        room = self.race_tokens() - t.race_patience * self.run.eval_every_steps * b * e
+        per_step = b * ((self.slw.start_length + e) / 2 + t.race_warmup_margin * e)  # tokens per step of T
+        return max(1, math.floor(room / per_step))
+
+    def fitted_to_run(self) -> tuple["JobSpec", str | None]:
+        """This spec with the searched T capped by `duration_cap()` when the race decides (tuning.race
+        and tuning.control_probe), and a note saying so (None: no change)."""
+        t, cap = self.tuning, self.duration_cap()
+        if not (t.race and t.control_probe):  # no race to judge T: the search's own bounds stand
+            return self, None
+        if cap < t.duration_min:  # no searched T fits: the race decides at its budget (docs/results.md)
+            return self, (f"the run is too short for the race to see past any searched T (cap {cap} steps < "
+                          f"tuning.duration_min={t.duration_min}): T is not capped, and an SLW arm still in its "
+                          f"warmup at the race budget cannot win it")
+        durations = [d for d in t.durations or [] if d <= cap] or ([min(t.durations)] if t.durations else None)
+        if t.duration_max <= cap and durations == t.durations:
+            return self, None
+        update = {"duration_max": min(t.duration_max, cap), "duration_min": min(t.duration_min, cap),
+                  "durations": durations}
+        note = (f"T capped at {cap} steps to fit the run (was tuning.duration_max={t.duration_max}"
+                + (f", durations {t.durations}" if durations != t.durations else "")
+                + f"): the race must see the SLW arm past its warmup within tuning.race_max_fraction="
+                f"{t.race_max_fraction} of the run")
+        return self.model_copy(update={"tuning": t.model_copy(update=update)}), note
 
     def without_slw(self) -> "JobSpec":
         """This spec with SLW off: the baseline at full length."""

@@ -55,6 +55,26 @@ def ensure_experiment(uri: str, name: str) -> str:
         return exp.experiment_id
 
 
+SLW_KNOB_PARAMS = ("slw.enabled", "slw.full_length")  # what a run without SLW keeps of the slw section
+
+
+def run_params(spec) -> dict[str, Any]:
+    """A run's params: the flat spec; without SLW, none of the SLW knobs (they did not apply), so a
+    sorted runs table reads true."""
+    flat = spec.flat()
+    if spec.slw.enabled:
+        return flat
+    return {k: v for k, v in flat.items() if not k.startswith("slw.") or k in SLW_KNOB_PARAMS}
+
+
+def knob_tags(spec) -> dict[str, Any]:
+    """The SLW tags of a run: `slw.enabled`, and the two knobs only when SLW is on."""
+    if not spec.slw.enabled:
+        return {M.TAG_SLW_ENABLED: "false"}
+    return {M.TAG_SLW_ENABLED: "true", M.TAG_START_LENGTH: spec.slw.start_length,
+            M.TAG_DURATION_STEPS: spec.slw.duration_steps}
+
+
 def create_run(uri: str, experiment: str, run_name: str, *, tags: dict | None = None,
                params: dict | None = None, parent_run_id: str | None = None) -> str:
     """Create a run (a child when `parent_run_id` is given) and log its params; returns the run id."""

@@ -101,7 +101,8 @@ def train(spec: JobSpec, *, address: str | None = None, storage: str | None = No
     run_id = None
     if uri:
         run_id = tracking.create_run(uri, tracking.experiment_name(spec), name,
-                                     tags={M.TAG_KIND: M.KIND_TRAIN}, params=spec.flat())
+                                     tags={M.TAG_KIND: M.KIND_TRAIN, **tracking.knob_tags(spec)},
+                                     params=tracking.run_params(spec))
         print(tracking.run_ui_hint(uri, tracking.ensure_experiment(uri, tracking.experiment_name(spec)), run_id),
               flush=True)
     options = RunOptions(mlflow_uri=uri, mlflow_run_id=run_id, progress=progress)

@@ -41,6 +41,7 @@ class RunOptions:
     """How this run differs from the spec's full run (a probe stops early, ...)."""
 
     max_steps: int | None = None          # probe window; None = until the token budget
+    max_tokens: int | None = None         # stop at this many tokens (a race segment); the LR schedule stays the full run's
     mlflow_uri: str | None = None
     mlflow_run_id: str | None = None
     init_checkpoint: str | None = None     # continue from this dir (e.g. the winning probe)
@@ -190,9 +191,10 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
     last: dict[str, Any] = {}
     t0, tokens0, start_time = time.perf_counter(), state.tokens, time.time()
     max_steps = options.max_steps or 10**12
+    stop_tokens = min(spec.budget.train_tokens, options.max_tokens or spec.budget.train_tokens)
 
     # 3) steps
-    while state.tokens < spec.budget.train_tokens and state.step < max_steps:
+    while state.tokens < stop_tokens and state.step < max_steps:
         state.step += 1
         length = pacing(state.step)
         lr = lr_at(state.step, state.tokens, state.warmup_tokens)
@@ -229,8 +231,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
         if options.on_step:
             options.on_step({**row, M.STEP: state.step})
 
-        finished = (should_stop(verdict, options) or state.tokens >= spec.budget.train_tokens
-                    or state.step >= max_steps)
+        finished = should_stop(verdict, options) or state.tokens >= stop_tokens or state.step >= max_steps
         if state.step % report_every == 0 or finished:
             if verdict.status != M.DIVERGED:
                 val_loss, val_se = evaluate(unwrap(model), val, session, spec)

@@ -27,8 +27,18 @@ class FakeCluster:
     """Answers `run_round` from a landscape; `crash` decides which attempts crash; the control
     probe (SLW off) gets `control` = (verdict, val ppl): by default it diverges, as at a high LR."""
 
-    def __init__(self, landscape: Landscape, crash=lambda probe, attempt: False, control=(M.DIVERGED, 40.0)):
+    def __init__(self, landscape: Landscape, crash=lambda probe, attempt: False, control=(M.DIVERGED, 40.0),
+                 race_gap=0.0):
         self.landscape, self.crash, self.control, self.calls = landscape, crash, control, []
+        self.race_gap, self.race_calls = race_gap, []  # the race: SLW's val loss = the control's + race_gap
+
+    def run_race_round(self, spec, arms, until, index, **_):
+        """Each live arm trains to `until`: evaluations every 256 tokens, the control's loss falling."""
+        self.race_calls.append((index, until, [a.name for a in arms]))
+        for arm in arms:
+            grid = range(arm.tokens + 256 - arm.tokens % 256, until + 1, 256)
+            arm.points += [[t, 6.0 - t / 1e4 + (self.race_gap if arm.slw else 0.0), 0.01] for t in grid]
+            arm.tokens, arm.checkpoint, arm.segments = until, f"/race/{arm.name}/seg{index}", arm.segments + 1
 
     def answer(self, p, round_index, attempt):
         if self.crash(p, attempt):
@@ -47,6 +57,7 @@ def fake(monkeypatch, tmp_path):
     def install(cluster, full_run=None):
         monkeypatch.setattr(driver, "ensure_ray", lambda *a, **k: None)
         monkeypatch.setattr(driver, "run_round", cluster.run_round)
+        monkeypatch.setattr(driver, "run_race_round", cluster.run_race_round)
         monkeypatch.setattr(driver, "make_trainer", lambda spec, options, *a, **k: cluster.trained.append(
             (spec.slw.enabled, options.init_checkpoint)))
         cluster.trained = []
@@ -145,29 +156,82 @@ def test_the_control_runs_in_round_one_only_and_is_never_told_to_the_search(fake
     assert cluster.trained == [(True, f"/ckpt/8-{report['chosen']['duration_steps']}")]
 
 
-def test_a_stable_and_better_baseline_runs_the_full_run_without_slw(fake, tmp_path):
-    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0)))
+def test_a_baseline_that_wins_the_race_runs_the_full_run_without_slw_from_its_race_checkpoint(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=0.2))
     report = driver.run_job(spec(), tmp_path, job_id="c2")
     assert report["baseline_wins"] and "SLW is not needed" in report["message"]
+    d = report["decision"]
+    assert d["raced"] and d["winner"] == "baseline" and d["decided"] and d["gap"] > d["band"]
     assert report["full_run"]["slw_enabled"] is False and report["outcome"] == M.OUTCOME_DONE
-    assert cluster.trained == [(False, "/ckpt/64-0")]  # continues from the control probe
-    assert all(c["delta_val_loss"] > 0 for c in report["comparison"])
-    assert "SLW is not needed" in (tmp_path / "report.md").read_text()
+    assert cluster.trained == [(False, "/race/baseline/seg1")]  # continues from the control's race checkpoint
+    assert d["race_cost_tokens"] == d["arms"]["slw"]["race_tokens"] > 0  # the loser's tokens
+    assert report["tuning_tokens"] == sum(t["tokens"] for t in report["trials"]) + 4000 + d["race_tokens"]
+    md = (tmp_path / "report.md").read_text()
+    assert "SLW is not needed" in md and "## Decision (race at equal tokens)" in md
+    assert (tmp_path / "race.png").is_file()
 
 
-@pytest.mark.parametrize("choice,trained", [("stop", []), ("run_slw", [(True, "/ckpt/8-64")])])
+def test_an_early_probe_window_lead_of_the_baseline_does_not_decide_the_race(fake, tmp_path):
+    """The probe window's comparison favours the control (15 < 21 ppl), the race favours SLW."""
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=-0.2))
+    report = driver.run_job(spec("tuning.duration_max=16", "tuning.race_max_fraction=1.0"), tmp_path, job_id="c6")
+    assert all(c["delta_val_loss"] > 0 for c in report["comparison"])  # early: the control looked better
+    assert report["decision"]["winner"] == "slw" and not report["baseline_wins"] and report["message"] is None
+    assert report["decision"]["tokens"] >= report["decision"]["slw_from_tokens"]
+    assert cluster.trained == [(True, "/race/slw/seg1")]
+
+
+def test_an_undecided_race_runs_the_baseline(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 30.0), race_gap=0.0))
+    report = driver.run_job(spec(), tmp_path, job_id="c7")
+    assert report["decision"]["winner"] == "baseline" and not report["decision"]["decided"]
+    assert "undecided at the race budget" in report["decision"]["reason"] and report["baseline_wins"]
+    assert cluster.trained == [(False, "/race/baseline/seg1")]
+
+
+@pytest.mark.parametrize("choice,trained", [("stop", []), ("run_slw", [(True, "/race/slw/seg1")])])
 def test_when_baseline_wins_decides_the_full_run(fake, tmp_path, choice, trained):
-    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0)))
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=0.2))
     report = driver.run_job(spec(f"tuning.when_baseline_wins={choice}"), tmp_path, job_id="c3")
     assert report["baseline_wins"] and cluster.trained == trained
     assert report["outcome"] == M.OUTCOME_DONE
 
 
 def test_a_worse_baseline_leaves_slw_in_charge(fake, tmp_path):
-    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 30.0)))
-    report = driver.run_job(spec(), tmp_path, job_id="c4")
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 30.0), race_gap=-0.2))
+    report = driver.run_job(spec("tuning.duration_max=16", "tuning.race_max_fraction=1.0"), tmp_path, job_id="c4")
     assert not report["baseline_wins"] and report["message"] is None
-    assert cluster.trained == [(True, "/ckpt/8-64")]
+    assert cluster.trained == [(True, "/race/slw/seg1")]
+
+
+def test_without_the_race_the_probe_window_decides_as_before(fake, tmp_path):
+    cluster = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0)))
+    report = driver.run_job(spec("tuning.race=false"), tmp_path, job_id="c8")
+    assert report["baseline_wins"] and not report["decision"]["raced"] and cluster.race_calls == []
+    assert cluster.trained == [(False, "/ckpt/64-0")]  # continues from the control probe
+
+
+def test_a_resumed_job_goes_on_with_the_race_without_rerunning_finished_segments(fake, tmp_path):
+    overrides = ("tuning.race_max_fraction=1.0", "tuning.race_patience=1")  # several segments, a wide band
+    first = FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=0.0)
+    original = first.run_race_round
+
+    def dies_in_segment_2(spec_, arms, until, index, **kw):
+        if index == 2:
+            raise Killed()
+        return original(spec_, arms, until, index, **kw)
+
+    first.run_race_round = dies_in_segment_2
+    fake(first)
+    with pytest.raises(Killed):
+        driver.run_job(spec(*overrides), tmp_path, job_id="r3")
+    journal = json.loads((tmp_path / "job.json").read_text())["race"]
+    assert journal["segments_done"] == 1 and journal["decision"] is None
+
+    second = fake(FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=0.0))
+    report = driver.run_job(None, tmp_path, resume=True)
+    assert second.calls == [] and second.race_calls[0][0] == 2  # no probe, no first segment rerun
+    assert report["decision"]["arms"]["slw"]["segments"] == len(second.race_calls) + 1
 
 
 def test_the_control_can_be_turned_off(fake, tmp_path):
@@ -261,3 +325,37 @@ def test_a_job_finishes_with_a_warning_when_mlflow_is_down(fake, tmp_path, monke
     assert report["outcome"] == M.OUTCOME_DONE and report["chosen"] is not None
     assert report["warnings"] and all("MLflow unavailable" in w for w in report["warnings"])
     assert report["mlflow_parent_run_id"] is None
+
+
+def test_a_fluctuating_control_still_races_a_diverged_one_does_not(fake, tmp_path):
+    """An early val-ppl wobble does not make the control unusable: it trained, and the race judges it."""
+    cluster = fake(FakeCluster(Landscape(), control=(M.FLUCTUATING, 15.0), race_gap=0.2))
+    report = driver.run_job(spec(), tmp_path / "a", job_id="f1")
+    assert report["decision"]["raced"] and report["decision"]["winner"] == "baseline"
+    assert cluster.trained == [(False, "/race/baseline/seg1")]
+    cluster = fake(FakeCluster(Landscape(), control=(M.DIVERGED, 15.0)))
+    report = driver.run_job(spec(), tmp_path / "b", job_id="f2")
+    assert not report["decision"]["raced"] and "diverged" in report["decision"]["reason"]
+    assert report["decision"]["winner"] == "slw" and cluster.race_calls == []
+
+
+def test_race_runs_are_dropped_as_the_race_goes_on_except_the_one_continued(fake, tmp_path):
+    cluster = FakeCluster(Landscape(), control=(M.STABLE, 15.0), race_gap=0.0)
+    original = cluster.run_race_round
+    runs = tmp_path / "storage"
+
+    def with_run_folders(spec_, arms, until, index, **kw):
+        original(spec_, arms, until, index, **kw)
+        for arm in arms:
+            ckpt = runs / f"job-race-{arm.name}-seg{index}" / "checkpoint_000"
+            ckpt.mkdir(parents=True)
+            arm.checkpoint = str(ckpt)
+
+    cluster.run_race_round = with_run_folders
+    fake(cluster)
+    report = driver.run_job(spec("tuning.race_max_fraction=1.0", "tuning.race_patience=1"), tmp_path / "out",
+                            job_id="k3")
+    segments = report["decision"]["arms"]["baseline"]["segments"]
+    assert segments > 1 and report["decision"]["winner"] == "baseline"
+    assert sorted(p.name for p in runs.iterdir()) == [f"job-race-baseline-seg{segments}"]
+    assert cluster.trained == [(False, str(runs / f"job-race-baseline-seg{segments}" / "checkpoint_000"))]

@@ -11,7 +11,9 @@ from slwtune.plan import Landscape, parse_landscape, probe_tokens, simulate
 from slwtune.spec import load_spec
 from slwtune.tuning.strategies import Probe
 
-WIDE = ["tuning.duration_min=50", "tuning.duration_max=800", "tuning.resolution=50", "tuning.max_rounds=4"]
+# the search alone over a wide T range: without the race, T is not capped by the run's length
+WIDE = ["tuning.duration_min=50", "tuning.duration_max=800", "tuning.resolution=50", "tuning.max_rounds=4",
+        "tuning.race=false"]
 
 
 def test_parse_landscape_reads_each_rule():

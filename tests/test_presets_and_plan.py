@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from slwtune.cli import main
-from slwtune.plan import make_plan, planned_probes
+from slwtune.plan import format_plan, make_plan, planned_probes
 from slwtune.spec import list_presets, load_spec
 
 PAPER = ["gpt2-117m", "gpt2-1.5b", "gpt3-125m"]
@@ -51,8 +51,25 @@ def test_plan_cost_is_the_probes_plus_the_control():
     control = spec.data.batch_size * spec.slw.full_length * spec.probe_steps()
     assert plan["control_tokens"] == control
     assert abs(plan["tuning_tokens"] - plan["trials"] * plan["tokens_per_probe"] - control) <= plan["trials"]
+    # without the control there is no race, so T is not capped: compare with the race off too
+    uncapped = make_plan(load_spec("shakespeare-demo", ["tuning.race=false"]))
     off = make_plan(load_spec("shakespeare-demo", ["tuning.control_probe=false"]))
-    assert off["control_tokens"] == 0 and off["tuning_tokens"] == plan["tuning_tokens"] - control
+    assert off["control_tokens"] == 0 and off["tuning_tokens"] == uncapped["tuning_tokens"] - control
+
+
+def test_plan_shows_the_races_worst_case_and_the_t_cap():
+    spec = load_spec("shakespeare-demo")
+    plan = make_plan(spec)
+    budget = int(spec.tuning.race_max_fraction * spec.budget.train_tokens)
+    assert plan["race"] and plan["race_budget_tokens"] == budget
+    # both arms from their probes' ends to the budget; the loser's share is the larger arm's
+    control = plan["control_tokens"]
+    assert plan["race_cost_tokens"] == budget - min(control, plan["tokens_per_probe"])
+    assert plan["searched_duration_max"] == plan["duration_cap"] == spec.duration_cap() < spec.tuning.duration_max
+    text = format_plan(plan)
+    assert "race (worst)" in text and f"T cap           {plan['duration_cap']} steps" in text
+    off = make_plan(load_spec("shakespeare-demo", ["tuning.race=false"]))
+    assert off["race_cost_tokens"] == 0 and off["searched_duration_max"] == spec.tuning.duration_max
 
 
 def test_plan_counts_grid_trials():

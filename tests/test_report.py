@@ -48,3 +48,34 @@ def test_plots_are_written_with_and_without_a_choice(tmp_path):
     probe.curve = [[4, 30.0, 1.0], [8, 25.0, 1.01]]
     assert [p.name for p in write_plots([probe], spec, Probe(8, 16), tmp_path)] == ["probes.png", "schedule.png"]
     assert [p.name for p in write_plots([probe], spec, None, tmp_path / "none")] == ["probes.png"]
+
+
+def raced_decision(winner="slw"):
+    from slwtune.tuning import race as R
+
+    spec = load_spec("shakespeare-tiny")
+    arms = {R.ARM_SLW: R.Arm(R.ARM_SLW, 8, 16, "/race/slw", 1000, tokens=5000, points=[[3000, 4.0, 0.02],
+                                                                                      [5000, 3.5, 0.02]]),
+            R.ARM_BASELINE: R.Arm(R.ARM_BASELINE, 64, 0, "/race/base", 4000, tokens=5000,
+                                  points=[[5000, 3.9, 0.02]])}
+    decision = R.Decision(winner, True, R.RULE_BAND, "SLW led by more than the band", 5000, -0.4, 0.057)
+    return R.decision_report(spec, arms, decision)
+
+
+def test_the_decision_section_says_which_arm_why_where_and_what_the_race_cost(tmp_path):
+    d = raced_decision()
+    assert d["race_tokens"] == 4000 + 1000 and d["race_cost_tokens"] == 1000  # the loser's (the control's) tokens
+    probes = [probe_result(Probe(8, 16), M.STABLE, tokens=1000), probe_result(Probe(8, 64), M.FLUCTUATING, tokens=400)]
+    probes[0].checkpoint = "/ckpt"
+    spec = load_spec("shakespeare-tiny")
+    r = build_report(spec=spec, job_id="j", strategy="paper", probes=probes, chosen=Probe(8, 16), notes=[],
+                     violations=[], reuse_probe=True, parent_run_id=None, outcome=M.OUTCOME_DONE, decision=d)
+    assert r["decision"]["winner"] == "slw" and r["race_tokens"] == 5000
+    assert r["tuning_tokens"] == 1400 + 5000
+    assert r["reused_probe_tokens"] == 5000  # the full run continues from the SLW arm: probe + race tokens
+    text = report_markdown(r)
+    assert "## Decision (race at equal tokens)" in text and "**SLW** at 5,000 tokens" in text
+    assert "gap SLW - control -0.400 nats, noise band 0.057" in text and "1,000 of them the loser's" in text
+    spec = load_spec("shakespeare-tiny")
+    names = [p.name for p in write_plots(probes, spec, Probe(8, 16), tmp_path, decision=d)]
+    assert names == ["probes.png", "race.png", "schedule.png"]

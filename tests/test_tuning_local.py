@@ -108,3 +108,27 @@ def test_full_run_plan_is_the_drivers_rule():
     control = _result(0, M.STABLE, 40.0, slw=False)
     loses = LocalTuning(results, control, Probe(8, 12), compare_with_control(results, control))
     assert loses.full_run_plan(spec) == (True, Probe(8, 12), results[0])
+
+
+def test_tune_locally_runs_the_drivers_race_and_counts_its_tokens():
+    from slwtune.tuning.race import ARM_BASELINE, ARM_SLW
+
+    spec = tiny_spec(race_max_fraction=1.0)
+    tuning = tune_locally(spec)
+    try:
+        assert tuning.control.verdict == M.STABLE and tuning.chosen is not None  # seeded: both arms can race
+        d = tuning.decision
+        assert d["raced"] and d["winner"] in (ARM_SLW, ARM_BASELINE)
+        assert tuning.baseline_wins == (d["winner"] == ARM_BASELINE)
+        race = sum(a.race_tokens for a in tuning.arms.values())
+        assert race == d["race_tokens"] > 0
+        assert tuning.tokens == sum(r.tokens for r in tuning.probes) + race
+        for name, arm in tuning.arms.items():  # every race step recorded, its time counted from the race's start
+            assert tuning.race_reports[name] and tuning.race_rows[name]
+            walls = [r[M.WALL_S] for r in tuning.race_rows[name]]
+            assert walls == sorted(walls)
+        go, knobs, seed = tuning.full_run_plan(spec)
+        start = tuning.start_point(knobs, seed)
+        assert start == tuning.arms[ARM_SLW if knobs else ARM_BASELINE].checkpoint and Path(start).is_dir()
+    finally:
+        tuning.cleanup()

@@ -3,8 +3,9 @@
 The same search as the job driver: the strategy object (`make_search`) proposes rounds,
 each probe is `train_loop` over the probe window with `stop_when_unstable` (what a Tune
 trial runs), the control probe (SLW off) joins round 1 and is never told to the search,
-and the outcome is judged by the report's own `compare_with_control` and the driver's own
-`full_run_plan`. For benchmarks (benchmarks/paper_effect.py) and machines without Ray.
+and the decision is the driver's own: the same race between the best SLW candidate and the
+control (slwtune.tuning.race, its segments in this process) and the same `full_run_plan`.
+For benchmarks (benchmarks/paper_effect.py) and machines without Ray.
 The loop is the driver's `run_search` with an in-process round runner; crashed probes are
 not retried (in one process a crash repeats).
 """
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from slwtune import metrics as M
-from slwtune.driver import full_run_plan
+from slwtune.driver import decide, full_run_plan, start_point
 from slwtune.spec import JobSpec
 from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
-from slwtune.tuning.report import compare_with_control
+from slwtune.tuning import race as R
+from slwtune.tuning.report import SLW_NOT_NEEDED, compare_with_control
 from slwtune.tuning.strategies import Probe, make_search
 from slwtune.tuning.tune_glue import CURVE_COLUMNS, ProbeResult
 
@@ -63,6 +65,12 @@ class LocalTuning:
     rows: dict[Probe, list[dict]] = field(default_factory=dict)     # each probe's steps (StepRecorder rows)
     cpu_s: dict[Probe, float] = field(default_factory=dict)         # each probe's CPU seconds, setup included
     workdir: str | None = None  # holds the probes' last checkpoints; `cleanup()` removes it
+    decision: dict | None = None    # the report's `decision` (the race, or why there was none)
+    arms: dict[str, R.Arm] | None = None  # the race's arms (None: no race)
+    race_reports: dict[str, list[dict]] = field(default_factory=dict)  # each arm's race reports
+    race_rows: dict[str, list[dict]] = field(default_factory=dict)     # each arm's race steps
+    race_cpu_s: dict[str, float] = field(default_factory=dict)   # each arm's race CPU seconds
+    race_wall_s: dict[str, float] = field(default_factory=dict)  # each arm's race wall seconds
 
     @property
     def probes(self) -> list[ProbeResult]:
@@ -71,15 +79,20 @@ class LocalTuning:
 
     @property
     def tokens(self) -> int:
-        return sum(p.tokens for p in self.probes)
+        """Tokens of the tuning: every probe and both arms of the race."""
+        return sum(p.tokens for p in self.probes) + sum(a.race_tokens for a in (self.arms or {}).values())
 
     @property
     def wall_s(self) -> float:
-        return sum(p.wall_s for p in self.probes)
+        return sum(p.wall_s for p in self.probes) + sum(self.race_wall_s.values())
 
     @property
     def total_cpu_s(self) -> float:
-        return sum(self.cpu_s.values())
+        return sum(self.cpu_s.values()) + sum(self.race_cpu_s.values())
+
+    def start_point(self, knobs: Probe | None, seed_probe: ProbeResult | None) -> str | None:
+        """The checkpoint the full run continues from: the race arm with these knobs, else the probe."""
+        return start_point(self.arms, knobs, seed_probe)
 
     @property
     def baseline_wins(self) -> bool:
@@ -153,15 +166,19 @@ def run_probe(spec: JobSpec, probe: Probe, *, round_index: int, device: str = "c
 
 def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local",
                  keep_checkpoints: bool = False, options: Callable[[Probe], dict] | None = None,
+                 race_options: Callable[[R.Arm], dict] | None = None,
                  log: Callable[[str], None] | None = None) -> LocalTuning:
-    """Run the spec's search (`tuning.strategy`) with in-process probes; nothing is trained in full.
+    """Run the spec's search (`tuning.strategy`) with in-process probes, then the driver's race
+    between the best SLW candidate and the control; the full run itself is the caller's.
 
-    With `keep_checkpoints` every probe's last checkpoint is kept in `workdir` (so a full run
-    can continue from the winning probe, as `tuning.reuse_probe_checkpoint` does); call
-    `cleanup()` when done with them.
+    With `keep_checkpoints` (or a race, which continues from the probes) every probe's and arm's
+    last checkpoint is kept in `workdir` (so a full run can continue from the race winner, as
+    `tuning.reuse_probe_checkpoint` does); call `cleanup()` when done with them.
     """
-    search = make_search(spec, study_name=study_name, default_storage="sqlite:///:memory:")
-    workdir = tempfile.mkdtemp(prefix="slwtune-local-tune-") if keep_checkpoints else None
+    search_spec, fit_note = spec.fitted_to_run()
+    search = make_search(search_spec, study_name=study_name, default_storage="sqlite:///:memory:")
+    races = spec.tuning.race and spec.tuning.control_probe
+    workdir = tempfile.mkdtemp(prefix="slwtune-local-tune-") if (keep_checkpoints or races) else None
     out = LocalTuning(results=[], control=None, chosen=None, comparison={}, workdir=workdir)
     round_index = 0
     while probes := search.next_round():
@@ -185,5 +202,35 @@ def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local
         search.tell(r.outcome() for r in batch)
     out.chosen = search.chosen()
     out.comparison = compare_with_control(out.results, out.control)
-    out.notes, out.violations = list(search.notes), list(search.violations())
+    out.notes, out.violations = [fit_note] * bool(fit_note) + list(search.notes), list(search.violations())
+    baseline, out.decision, out.arms = decide(spec, out.chosen, out.results, out.control,
+                                              lambda *probes: race_locally(spec, out, *probes, device=device,
+                                                                           options=race_options, log=log))
+    out.comparison.update(baseline_wins=baseline, message=SLW_NOT_NEEDED if baseline else None)
     return out
+
+
+def race_locally(spec: JobSpec, out: LocalTuning, chosen: Probe, seed: ProbeResult, control: ProbeResult, *,
+                 device: str, options: Callable[[R.Arm], dict] | None,
+                 log: Callable[[str], None] | None) -> tuple[dict, R.Decision]:
+    """The driver's race with its segments in this process; every arm's reports and steps kept in `out`."""
+    arms = {R.ARM_SLW: R.Arm(R.ARM_SLW, chosen.start_length, chosen.duration_steps, seed.checkpoint, seed.tokens,
+                             tokens=seed.tokens),
+            R.ARM_BASELINE: R.Arm(R.ARM_BASELINE, spec.slw.full_length, 0, control.checkpoint, control.tokens,
+                                  tokens=control.tokens)}
+    recorders: dict[str, StepRecorder] = {}
+
+    def arm_options(arm: R.Arm) -> dict:
+        recorders[arm.name] = StepRecorder()
+        return {**(options(arm) if options else {}), "on_step": recorders[arm.name]}
+
+    def keep(arm: R.Arm, reports: list[dict]) -> None:
+        """Rows stamped with the time since the arm's race began (each segment's recorder starts at 0)."""
+        rec, wall0, cpu0 = recorders[arm.name], out.race_wall_s.get(arm.name, 0.0), out.race_cpu_s.get(arm.name, 0.0)
+        out.race_reports.setdefault(arm.name, []).extend(reports)
+        out.race_rows.setdefault(arm.name, []).extend({**r, M.WALL_S: r[M.WALL_S] + wall0, CPU_S: r[CPU_S] + cpu0}
+                                                      for r in rec.rows)
+        out.race_wall_s[arm.name], out.race_cpu_s[arm.name] = wall0 + rec.wall_s(), cpu0 + rec.cpu_s()
+
+    runner = R.local_segment_runner(spec, out.workdir, device=device, options=arm_options, on_reports=keep)
+    return arms, R.race(spec, arms, runner, log=log)

@@ -19,8 +19,8 @@ ADVICE_NONE_STABLE = [
 ]
 
 
-SLW_NOT_NEEDED = ("SLW is not needed at this LR and batch: the baseline (SLW off) was stable and at least as "
-                  "good at equal tokens. Raise the LR or the batch, or run without SLW.")
+SLW_NOT_NEEDED = ("SLW is not needed at this LR and batch: the baseline (SLW off) was stable and SLW did not "
+                  "beat it at equal tokens (see the decision). Raise the LR or the batch, or run without SLW.")
 
 
 def _log_ppl(ppl: float | None) -> float | None:
@@ -76,19 +76,24 @@ def control_summary(control) -> dict | None:
 def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, notes: list[str],
                  violations: list[str], reuse_probe: bool, parent_run_id: str | None,
                  outcome: str, error: str | None = None, full_run: dict | None = None,
-                 control=None, comparison: dict | None = None) -> dict[str, Any]:
+                 control=None, comparison: dict | None = None, decision: dict | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the README for the field meanings)."""
     comparison = comparison or compare_with_control(probes, control)
     control_tokens = control.tokens if control is not None else 0
-    tuning_tokens = sum(p.tokens for p in probes) + control_tokens
+    race_tokens = (decision or {}).get("race_tokens") or 0
+    tuning_tokens = sum(p.tokens for p in probes) + control_tokens + race_tokens
     full_tokens = spec.budget.train_tokens
     seed = None  # the probe whose checkpoint the full run continues from
-    if comparison["baseline_wins"] and spec.tuning.when_baseline_wins == "run_baseline":
+    runs_baseline = comparison["baseline_wins"] and spec.tuning.when_baseline_wins == "run_baseline"
+    if runs_baseline:
         seed = control
     elif chosen is not None:
         seed = next((p for p in probes if p.start_length == chosen.start_length
                      and p.duration_steps == chosen.duration_steps and p.verdict == M.STABLE), None)
     reused = seed.tokens if (seed is not None and reuse_probe and seed.checkpoint) else 0
+    if (decision or {}).get("raced") and reuse_probe:  # the full run continues from that arm's race checkpoint
+        arm = decision["arms"]["baseline" if (runs_baseline or chosen is None) else "slw"]
+        reused = arm["tokens"] if arm["checkpoint"] else 0
     return {
         "job_id": job_id,
         "name": spec.name,
@@ -102,8 +107,10 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
         "comparison": comparison["probes"],
         "baseline_wins": comparison["baseline_wins"],
         "message": comparison["message"],
+        "decision": decision,
         "tuning_tokens": tuning_tokens,
         "control_tokens": control_tokens,
+        "race_tokens": race_tokens,
         "full_run_tokens": full_tokens,
         "tuning_fraction": tuning_tokens / full_tokens,
         "reused_probe_tokens": reused,
@@ -143,9 +150,10 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {t['round']} | {t['start_length']} | {t['duration_steps']} | {t['verdict']} | "
                      f"{_fmt(t['final_val_ppl'])} | {_fmt(t['max_loss_ratio'], '.3f')} | {t['steps']} | "
                      f"{t['tokens']:,} | {t['wall_s']:.0f} | {t['reason'] or ''} |")
+    lines += decision_markdown(report.get("decision"))
     control = report.get("control")
     if control:
-        lines += ["", "## Control probe (SLW off, same window)",
+        lines += ["", "## Control probe (SLW off, same window; an early view: it does not decide)",
                   f"verdict {control['verdict']}, val ppl {_fmt(control['val_ppl'])}, max loss ratio "
                   f"{_fmt(control['max_loss_ratio'], '.3f')}, {control['tokens']:,} tokens", "",
                   "| start | T | tokens | val loss | control val loss at equal tokens | delta |", "|---|---|---|---|---|---|"]
@@ -166,6 +174,29 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decision_markdown(decision: dict | None) -> list[str]:
+    """The `decision` section: which arm, why, at how many tokens, the gap and its band, the cost."""
+    if not decision:
+        return []
+    arm = {"slw": "SLW", "baseline": "the baseline (SLW off)", None: "-"}[decision.get("winner")]
+    if not decision.get("raced"):
+        return ["", "## Decision", f"{arm}, without a race: {decision.get('reason')}"]
+    at = f" at {decision['tokens']:,} tokens" if decision.get("tokens") else ""
+    gap = (f"; val loss gap SLW - control {decision['gap']:+.3f} nats, noise band {decision['band']:.3f} "
+           f"(z={decision['z']})" if decision.get("gap") is not None else "")
+    return ["", "## Decision (race at equal tokens)",
+            f"**{arm}**{at}: {decision['reason']}{gap}.",
+            f"Rule: the control wins when it leads by more than the band at {decision['patience']} consecutive "
+            f"evaluations; SLW the same, counted only past {decision['slw_from_tokens']:,} tokens (its warmup + "
+            f"margin); undecided at the race budget ({decision['budget_tokens']:,} tokens): the baseline, the "
+            f"safer arm.",
+            f"Race cost: {decision['race_tokens']:,} tokens in all; {decision['race_cost_tokens']:,} of them the "
+            f"loser's (the winner's go on in the full run).", "",
+            "| arm | tokens | race tokens | verdict | last val loss |", "|---|---|---|---|---|",
+            *[f"| {name} | {a['tokens']:,} | {a['race_tokens']:,} | {a['verdict']} | "
+              f"{_fmt(a['curve'][-1][1] if a['curve'] else None, '.3f')} |" for name, a in decision["arms"].items()]]
+
+
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / "report.json", out_dir / "report.md"
@@ -174,8 +205,9 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     return [js, md]
 
 
-def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
-    """probes.png (val ppl and loss ratio of every probe) and schedule.png (the chosen seqlen)."""
+def write_plots(probes: list, spec, chosen, out_dir: Path, decision: dict | None = None) -> list[Path]:
+    """probes.png (val ppl and loss ratio of every probe), race.png (the race's val loss against
+    tokens, with the noise band) and schedule.png (the chosen seqlen)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,6 +232,9 @@ def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
+    if decision and decision.get("raced"):
+        paths.append(write_race_plot(decision, out_dir))
+
     if chosen is not None:
         tuned = spec.with_slw(chosen.start_length, chosen.duration_steps)
         pacing = make_pacing(tuned.slw)
@@ -214,3 +249,25 @@ def write_plots(probes: list, spec, chosen, out_dir: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     return paths
+
+
+def write_race_plot(decision: dict, out_dir: Path) -> Path:
+    """race.png: each arm's val loss against tokens (error bars: its standard error)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, arm in decision["arms"].items():
+        pts = [p for p in arm["curve"] if p[1] is not None]
+        label = (f"SLW s={arm['start_length']} T={arm['duration_steps']}" if name == "slw" else "control (SLW off)")
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0.0 for p in pts], label=label,
+                    capsize=2)
+    ax.axvline(decision["slw_from_tokens"], color="grey", ls=":", label="SLW past warmup + margin")
+    if decision.get("tokens"):
+        ax.axvline(decision["tokens"], color="black", ls="--", label=f"decided: {decision['winner']}")
+    ax.set(title="race at equal tokens (val loss, full length)", xlabel="tokens", ylabel="val loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "race.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

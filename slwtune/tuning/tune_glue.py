@@ -63,10 +63,10 @@ def probe_trial(config: dict) -> None:
     if uri:
         run_id = tracking.best_effort(
             "create the probe's run", tracking.create_run, uri, config["experiment"], f"{name}-{trial_id}",
-            parent_run_id=config.get("parent_run_id"), params=spec.flat(),
+            parent_run_id=config.get("parent_run_id"), params=tracking.run_params(spec),
             tags={M.TAG_KIND: M.KIND_CONTROL if control else M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id,
                   M.TAG_JOB_ID: config.get("job_id", ""), M.TAG_ROUND: config.get("round", 0),
-                  M.TAG_START_LENGTH: spec.slw.start_length, M.TAG_DURATION_STEPS: spec.slw.duration_steps})
+                  **tracking.knob_tags(spec)})
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
                          stop_when_unstable=True, spill_dir=config.get("spill_dir"))
     trainer = make_trainer(spec, options, name=f"{config['job_name']}probe-{trial_id}",

@@ -92,7 +92,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from slwtune.plan import format_plan, format_simulation, make_plan, parse_landscape, simulate
+    from slwtune.plan import format_plan, format_simulation, make_plan, parse_landscape, plan_warnings, simulate
 
     spec = _load(args)
     if args.simulate is not None:
@@ -100,6 +100,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(sim, indent=2) if args.json else format_simulation(sim))
         return 0
     plan = make_plan(spec)
+    plan["warnings"] = plan_warnings(spec, plan)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 

@@ -15,7 +15,17 @@ EXIT_CODES_HELP = f"""exit codes (tune and train):
   {M.EXIT_RUN_FAILED}    the full run (train: the run) diverged or crashed; the reason names the step and signal
   {M.EXIT_NONE_STABLE}    no stable configuration (the report says what to change)
   {M.EXIT_INFRA}    infrastructure failure: every probe crashed, data or a backend is missing
+  {M.EXIT_INVALID}    invalid input: the spec, a flag or a data source (nothing ran); one line per problem
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with EXIT_INVALID on a bad flag (its own code, 2, means "no stable configuration")."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(M.EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
 
 
 def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -52,11 +62,16 @@ def cmd_presets(args) -> int:
 
 def cmd_data_prepare(args) -> int:
     from slwtune.data import prepare_dataset, shakespeare_sources
+    from slwtune.errors import DataError
 
     sources = args.sources or [str(p) for p in shakespeare_sources()]
-    meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
-                           vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed,
-                           text_field=args.text_field, eot_token=args.eot_token)
+    try:
+        meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
+                               vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed,
+                               text_field=args.text_field, eot_token=args.eot_token)
+    except DataError as exc:  # here every one is about the sources or the flags: the user's input
+        print(f"slwtune: error: {exc}", file=sys.stderr)
+        return M.EXIT_INVALID
     print(f"wrote {args.out}: {meta.train_tokens:,} train + {meta.val_tokens:,} val tokens "
           f"({meta.tokenizer}, vocab {meta.vocab_size}, {meta.dtype})")
     return 0
@@ -121,7 +136,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slwtune", description=(
+    parser = _Parser(prog="slwtune", description=(
         "Tune Sequence Length Warmup (start length, duration T) for GPT pre-training on Ray; "
         "everything logged to MLflow."), epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -199,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
-        return M.EXIT_NONE_STABLE  # bad input: argparse's usage code
+        return M.EXIT_INVALID
     except SlwtuneError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
         return M.EXIT_INFRA

@@ -189,15 +189,25 @@ _RULE_FIELDS = {("diverged", "<"): "diverged_below", ("fluctuating", ">"): "fluc
 
 
 def parse_landscape(rules: str) -> Landscape:
-    """`diverged<300,fluctuating>700,early<16` -> Landscape; SpecError names a bad rule."""
+    """`diverged<300,fluctuating>700,early<16` -> Landscape; SpecError names every bad rule."""
     fields: dict[str, int] = {}
+    problems = []
     for rule in filter(None, (r.strip() for r in rules.split(","))):
         m = _RULE.match(rule.replace(" ", ""))
         key = _RULE_FIELDS.get((m.group(1), m.group(2))) if m else None
         if key is None:
-            raise SpecError([{"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T "
-                              "or early<START, comma-separated"}])
-        fields[key] = int(m.group(3))
+            problems.append({"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T "
+                             "or early<START, comma-separated"})
+        elif key in fields:
+            problems.append({"loc": "--simulate", "value": rule, "msg": f"a second {m.group(1)}{m.group(2)} rule"})
+        else:
+            fields[key] = int(m.group(3))
+    low, high = fields.get("diverged_below"), fields.get("fluctuating_above")
+    if low is not None and high is not None and high + 1 < low:
+        problems.append({"loc": "--simulate", "value": rules, "msg": f"contradictory: T from {high + 1} to {low - 1} "
+                         f"would be both diverged (<{low}) and fluctuating (>{high})"})
+    if problems:
+        raise SpecError(problems, title="invalid --simulate rules")
     return Landscape(**fields)
 
 

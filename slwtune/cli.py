@@ -61,19 +61,21 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from slwtune.data import prepare_dataset, shakespeare_sources
+    from slwtune.data import prepare_dataset, shakespeare_sources, vocab_warning
     from slwtune.errors import DataError
 
     sources = args.sources or [str(p) for p in shakespeare_sources()]
     try:
         meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
                                vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed,
-                               text_field=args.text_field, eot_token=args.eot_token)
+                               text_field=args.text_field, eot_token=args.eot_token, force=args.force)
     except DataError as exc:  # here every one is about the sources or the flags: the user's input
         print(f"slwtune: error: {exc}", file=sys.stderr)
         return M.EXIT_INVALID
     print(f"wrote {args.out}: {meta.train_tokens:,} train + {meta.val_tokens:,} val tokens "
           f"({meta.tokenizer}, vocab {meta.vocab_size}, {meta.dtype})")
+    if warning := vocab_warning(meta):
+        print(f"slwtune: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -153,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="tokenize text, JSONL, Parquet or a saved HF dataset into memory-mapped "
                                         "token files")
-    p.add_argument("sources", nargs="*", help="folders, globs or files: .txt (any other suffix is read as text), "
+    p.add_argument("sources", nargs="*", help="folders (read recursively), globs (`**` too) or files: .txt (any other suffix is read as text), "
                    ".jsonl/.json, .parquet, or a datasets.save_to_disk folder (default: the Shakespeare corpus)")
-    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--out", required=True, help="output dataset folder (written aside, renamed into place at the end)")
+    p.add_argument("--force", action="store_true", help="replace --out when it already holds files")
     p.add_argument("--tokenizer", default="bpe", metavar="NAME_OR_PATH",
                    help="bytes, bpe (trained on the corpus), gpt2, or a local Hugging Face tokenizer: a folder or "
                    "a tokenizer.json (default: bpe)")

@@ -122,6 +122,27 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_export_config(args) -> int:
+    from slwtune.errors import TuningError
+    from slwtune.export import export_config
+
+    try:
+        cfg = export_config(args.job_dir)
+    except TuningError as exc:
+        print(f"slwtune: error: {exc}", file=sys.stderr)
+        return M.EXIT_NONE_STABLE
+    if args.json:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    print("# DeepSpeed config (merge into ds_config.json):")
+    print(json.dumps(cfg["deepspeed"], indent=2))
+    print("# Megatron-DeepSpeed flags (with --deepspeed_config ds_config.json; drop --rampup-batch-size):")
+    print(" ".join(cfg["megatron_deepspeed_args"]))
+    for note in cfg["notes"]:
+        print(f"# note: {note}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -198,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "'diverged<300,fluctuating>700,early<16' (T below 300 diverges, above 700 fluctuates, "
                         "start lengths below 16 go wrong at the very beginning)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("export-config", help="the chosen knobs of a finished job as a DeepSpeed curriculum and "
+                                             "Megatron-DeepSpeed flags")
+    p.add_argument("job_dir", metavar="JOB_DIR", help="the job's --out folder (report.json, spec.yaml)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export_config)
 
     p = sub.add_parser("serve", help="run the REST API")
     p.add_argument("--host", default="127.0.0.1")

@@ -15,7 +15,17 @@ EXIT_CODES_HELP = f"""exit codes (tune and train):
   {M.EXIT_RUN_FAILED}    the full run (train: the run) diverged or crashed; the reason names the step and signal
   {M.EXIT_NONE_STABLE}    no stable configuration (the report says what to change)
   {M.EXIT_INFRA}    infrastructure failure: every probe crashed, data or a backend is missing
+  {M.EXIT_INVALID}    invalid input: the spec, a flag or a data source (nothing ran); one line per problem
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with EXIT_INVALID on a bad flag (its own code, 2, means "no stable configuration")."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(M.EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
 
 
 def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -51,14 +61,21 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from slwtune.data import prepare_dataset, shakespeare_sources
+    from slwtune.data import prepare_dataset, shakespeare_sources, vocab_warning
+    from slwtune.errors import DataError
 
     sources = args.sources or [str(p) for p in shakespeare_sources()]
-    meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
-                           vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed,
-                           text_field=args.text_field, eot_token=args.eot_token)
+    try:
+        meta = prepare_dataset(sources if len(sources) > 1 else sources[0], args.out, tokenizer=args.tokenizer,
+                               vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed,
+                               text_field=args.text_field, eot_token=args.eot_token, force=args.force)
+    except DataError as exc:  # here every one is about the sources or the flags: the user's input
+        print(f"slwtune: error: {exc}", file=sys.stderr)
+        return M.EXIT_INVALID
     print(f"wrote {args.out}: {meta.train_tokens:,} train + {meta.val_tokens:,} val tokens "
           f"({meta.tokenizer}, vocab {meta.vocab_size}, {meta.dtype})")
+    if warning := vocab_warning(meta):
+        print(f"slwtune: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -92,7 +109,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from slwtune.plan import format_plan, format_simulation, make_plan, parse_landscape, simulate
+    from slwtune.plan import format_plan, format_simulation, make_plan, parse_landscape, plan_warnings, simulate
 
     spec = _load(args)
     if args.simulate is not None:
@@ -100,7 +117,29 @@ def cmd_plan(args) -> int:
         print(json.dumps(sim, indent=2) if args.json else format_simulation(sim))
         return 0
     plan = make_plan(spec)
+    plan["warnings"] = plan_warnings(spec, plan)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def cmd_export_config(args) -> int:
+    from slwtune.errors import TuningError
+    from slwtune.export import export_config
+
+    try:
+        cfg = export_config(args.job_dir)
+    except TuningError as exc:
+        print(f"slwtune: error: {exc}", file=sys.stderr)
+        return M.EXIT_NONE_STABLE
+    if args.json:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    print("# DeepSpeed config (merge into ds_config.json):")
+    print(json.dumps(cfg["deepspeed"], indent=2))
+    print("# Megatron-DeepSpeed flags (with --deepspeed_config ds_config.json; drop --rampup-batch-size):")
+    print(" ".join(cfg["megatron_deepspeed_args"]))
+    for note in cfg["notes"]:
+        print(f"# note: {note}")
     return 0
 
 
@@ -120,7 +159,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slwtune", description=(
+    parser = _Parser(prog="slwtune", description=(
         "Tune Sequence Length Warmup (start length, duration T) for GPT pre-training on Ray; "
         "everything logged to MLflow."), epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -137,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="tokenize text, JSONL, Parquet or a saved HF dataset into memory-mapped "
                                         "token files")
-    p.add_argument("sources", nargs="*", help="folders, globs or files: .txt (any other suffix is read as text), "
+    p.add_argument("sources", nargs="*", help="folders (read recursively), globs (`**` too) or files: .txt (any other suffix is read as text), "
                    ".jsonl/.json, .parquet, or a datasets.save_to_disk folder (default: the Shakespeare corpus)")
-    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--out", required=True, help="output dataset folder (written aside, renamed into place at the end)")
+    p.add_argument("--force", action="store_true", help="replace --out when it already holds files")
     p.add_argument("--tokenizer", default="bpe", metavar="NAME_OR_PATH",
                    help="bytes, bpe (trained on the corpus), gpt2, or a local Hugging Face tokenizer: a folder or "
                    "a tokenizer.json (default: bpe)")
@@ -180,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "start lengths below 16 go wrong at the very beginning)")
     p.set_defaults(func=cmd_plan)
 
+    p = sub.add_parser("export-config", help="the chosen knobs of a finished job as a DeepSpeed curriculum and "
+                                             "Megatron-DeepSpeed flags")
+    p.add_argument("job_dir", metavar="JOB_DIR", help="the job's --out folder (report.json, spec.yaml)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export_config)
+
     p = sub.add_parser("serve", help="run the REST API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -198,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
-        return M.EXIT_NONE_STABLE  # bad input: argparse's usage code
+        return M.EXIT_INVALID
     except SlwtuneError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
         return M.EXIT_INFRA

@@ -48,6 +48,7 @@ import torch
 
 from slwtune import settings
 from slwtune.errors import DataError
+from slwtune.spec import BPE_VOCAB_MIN, VOCAB_MAX  # the limits the spec enforces, one place
 
 settings.quiet_tokenizers()  # before any tokenizer runs in a process Ray may fork
 
@@ -111,7 +112,7 @@ class BpeTokenizer:
         self._tok = hf_tokenizer
         # Literal "<|endoftext|>" in the text is ordinary text; only we insert the separator.
         self._tok.encode_special_tokens = True
-        self.vocab_size = vocab_size  # the requested size; a small corpus may learn fewer merges
+        self.vocab_size = vocab_size  # trained: the learned size (a small corpus learns fewer merges)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
@@ -125,7 +126,7 @@ class BpeTokenizer:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT], show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer)
-        return cls(tok, vocab_size)
+        return cls(tok, tok.get_vocab_size(with_added_tokens=True))  # what it learned, not what was asked
 
     @classmethod
     def load(cls, path: Path, vocab_size: int) -> BpeTokenizer:
@@ -283,8 +284,9 @@ def check_tokenizer_args(tokenizer: str, vocab_size: int) -> None:
     if tokenizer not in TOKENIZERS and not is_tokenizer_path(tokenizer):
         raise DataError(f"tokenizer={tokenizer!r}: unknown; use one of {', '.join(TOKENIZERS)}, or the path of a "
                         "Hugging Face tokenizer folder or tokenizer.json")
-    if tokenizer == "bpe" and not 257 <= vocab_size <= 2**32:
-        raise DataError(f"vocab_size={vocab_size}: bpe needs 257 (256 bytes + {ENDOFTEXT}) to 2**32")
+    if tokenizer == "bpe" and not BPE_VOCAB_MIN <= vocab_size <= VOCAB_MAX:
+        raise DataError(f"vocab_size={vocab_size}: bpe needs {BPE_VOCAB_MIN} (256 bytes + {ENDOFTEXT}) to "
+                        f"{VOCAB_MAX:,} (the spec's data.vocab_size limits)")
 
 
 def effective_vocab_size(tokenizer: str, vocab_size: int) -> int:
@@ -342,6 +344,7 @@ class DatasetMeta:
     split: str = "tail-of-each-document"
     text_field: str = ""  # the record field read from JSONL / Parquet / HF dataset sources
     tokenizer_source: str = ""  # the path of an `hf` tokenizer
+    requested_vocab_size: int = 0  # bpe: the --vocab-size asked for (vocab_size is what was learned)
     slwtune_version: str = ""
     format_version: int = FORMAT_VERSION
     root: Path | None = dataclasses.field(default=None, compare=False, repr=False)
@@ -407,25 +410,43 @@ def is_hf_dataset_dir(path: Path) -> bool:
 
 
 def resolve_sources(sources: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Every source named by `sources` (folders recursively, globs, files; a saved HF dataset
-    folder is one source), deduplicated, sorted."""
+    """Every source named by `sources` (folders recursively, following links; globs, `**` too;
+    files; a saved HF dataset folder is one source), deduplicated, sorted. DataError names each
+    item that gives nothing: a path that does not exist, an empty folder, a glob that matches none."""
     items = [sources] if isinstance(sources, (str, Path)) else list(sources)
     found: set[Path] = set()
+    problems = []
     for item in items:
         text = os.path.expanduser(str(item))
         if glob.has_magic(text):
-            found.update(Path(p) for p in glob.glob(text, recursive=True)
-                         if Path(p).is_file() or is_hf_dataset_dir(Path(p)))
-        elif is_hf_dataset_dir(Path(text)):
-            found.add(Path(text))
+            hits = {Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file() or is_hf_dataset_dir(Path(p))}
+            why = "the pattern matched no files"
+        elif is_hf_dataset_dir(Path(text)) or Path(text).is_file():
+            hits, why = {Path(text)}, ""
         elif Path(text).is_dir():
-            found.update(p for p in Path(text).rglob("*")
-                         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(text).parts))
-        elif Path(text).is_file():
-            found.add(Path(text))
-    if not found:
-        raise DataError(f"sources={sources!r}: no files matched")
-    return sorted(p.resolve() for p in found)
+            hits, why = set(_files_under(Path(text))), "the folder holds no files (hidden ones are skipped)"
+        else:
+            hits, why = set(), "no such file or folder"
+        if not hits:
+            problems.append(f"{str(item)!r}: {why}")
+        found |= hits
+    if problems:
+        raise DataError("sources: " + "; ".join(problems))
+    return sorted({p.resolve() for p in found})
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    """The files below `folder`, through linked folders too (a docs tree is often links), each
+    real folder once; names starting with "." are skipped."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:   # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (Path(root) / f for f in files if not f.startswith(".") and (Path(root) / f).is_file())
 
 
 def source_kind(path: Path) -> str:
@@ -612,14 +633,19 @@ def _write_source(path: Path, tok: Tokenizer, dtype: np.dtype, sep: np.ndarray, 
 
 def prepare_dataset(sources: str | Path | Sequence[str | Path], out_dir: str | Path, tokenizer: str = "bpe",
                     vocab_size: int = 4096, val_fraction: float = 0.05, seed: int = 0,
-                    text_field: str = "text", eot_token: str | None = None) -> DatasetMeta:
+                    text_field: str = "text", eot_token: str | None = None, force: bool = False) -> DatasetMeta:
     """Tokenize text files, JSON lines, Parquet files or saved HF datasets into `out_dir`
     (train.bin, val.bin, meta.json[, tokenizer.json]). `tokenizer`: bytes | bpe | gpt2 | the
-    path of a local Hugging Face tokenizer; `text_field`: the records' text field."""
+    path of a local Hugging Face tokenizer; `text_field`: the records' text field.
+
+    Everything is written to a hidden folder beside `out_dir` and renamed into place at the end, so
+    a failed run leaves nothing half-written; an `out_dir` that holds anything is replaced only
+    with `force`."""
     check_tokenizer_args(tokenizer, vocab_size)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction}: must be between 0 and 1 (exclusive)")
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    _check_out_dir(out, force)
     # A folder source may hold out_dir itself: its .bin files from an earlier run are not text.
     files = [p for p in resolve_sources(sources) if out.resolve() not in p.parents and p != out.resolve()]
     if not files:
@@ -628,16 +654,48 @@ def prepare_dataset(sources: str | Path | Sequence[str | Path], out_dir: str | P
     if total == 0:
         raise DataError(f"sources={sources!r}: the corpus is empty ({len(files)} files, 0 bytes)")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # the folder is not a dataset until we finish
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        meta = _write_dataset(files, tmp, out, total, tokenizer, vocab_size, val_fraction, seed, text_field,
+                              eot_token)
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out={str(out)!r}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "a prepared dataset" if (out / "meta.json").is_file() else "files"
+        raise DataError(f"--out={str(out)!r}: already holds {what}; pass --force to replace it, or choose "
+                        f"another folder")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` to `out`; an old `out` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_dataset(files: list[Path], tmp: Path, out: Path, total: int, tokenizer: str, vocab_size: int,
+                   val_fraction: float, seed: int, text_field: str, eot_token: str | None) -> DatasetMeta:
+    """Tokenize `files` into `tmp`; the meta names `out`, where the folder will live."""
     hf = is_tokenizer_path(tokenizer)
     corpus = _corpus_texts(files, text_field, total) if tokenizer == "bpe" else ()
     tok = make_tokenizer(tokenizer, vocab_size, corpus, eot_token)
-    vocab = tok.vocab_size if hf else effective_vocab_size(tokenizer, vocab_size)
+    vocab = tok.vocab_size if hf or tokenizer == "bpe" else effective_vocab_size(tokenizer, vocab_size)
     dtype = np.dtype(token_dtype(vocab)).newbyteorder("<")
     sep = np.array([] if tok.eot_id is None else [tok.eot_id], dtype=dtype)
-    spill = out / ".source.spill"
-    with open(out / "train.bin", "wb") as train_f, open(out / "val.bin", "wb") as val_f, \
+    spill = tmp / ".source.spill"
+    with open(tmp / "train.bin", "wb") as train_f, open(tmp / "val.bin", "wb") as val_f, \
             _progress(total, "tokenizing") as bar:
         outputs = {"train.bin": (train_f, hashlib.sha256()), "val.bin": (val_f, hashlib.sha256()),
                    "counts": {"train.bin": 0, "val.bin": 0}}
@@ -651,7 +709,7 @@ def prepare_dataset(sources: str | Path | Sequence[str | Path], out_dir: str | P
         if n == 0:
             raise DataError(f"val_fraction={val_fraction}: leaves {name} empty "
                             f"({sum(counts.values())} tokens in all); change it or add text")
-    tok.save(out)
+    tok.save(tmp)
     uses_records = any(source_kind(p) != "text" for p in files)
     meta = DatasetMeta(tokenizer=tok.name, vocab_size=vocab, dtype=token_dtype(vocab), eot_id=tok.eot_id,
                        train_tokens=counts["train.bin"], val_tokens=counts["val.bin"],
@@ -659,9 +717,19 @@ def prepare_dataset(sources: str | Path | Sequence[str | Path], out_dir: str | P
                        sources=tuple(str(p) for p in files), val_fraction=val_fraction, seed=seed,
                        text_field=text_field if uses_records else "",
                        tokenizer_source=str(Path(tokenizer).expanduser().resolve()) if hf else "",
+                       requested_vocab_size=vocab_size if tokenizer == "bpe" else 0,
                        slwtune_version=_version(), root=out)
-    meta.save(out)
+    meta.save(tmp)
     return meta
+
+
+def vocab_warning(meta: DatasetMeta) -> str | None:
+    """A warning when BPE learned fewer tokens than asked: the model gets the learned size."""
+    if meta.requested_vocab_size and meta.vocab_size < meta.requested_vocab_size:
+        return (f"the corpus taught bpe only {meta.vocab_size:,} tokens of the {meta.requested_vocab_size:,} asked "
+                f"(--vocab-size); meta.json records {meta.vocab_size:,}, and a model trained on this dataset "
+                f"gets that vocabulary; add text for a larger one")
+    return None
 
 
 def _version() -> str:

@@ -15,10 +15,19 @@ class SpecError(SlwtuneError):
     field name), `msg` and `value`, so callers can show all of them at once.
     """
 
-    def __init__(self, problems: list[dict]):
+    def __init__(self, problems: list[dict], title: str = "invalid job spec"):
         self.problems = problems
-        lines = [f"{p['loc']}={p['value']!r}: {p['msg']}" for p in problems]
-        super().__init__("invalid job spec:\n  " + "\n  ".join(lines))
+        super().__init__(f"{title}:\n  " + "\n  ".join(problem_line(p) for p in problems))
+
+
+def problem_line(problem: dict) -> str:
+    """`field=value: what is wrong`, on one line; a section's value (a mapping) is not dumped, a long one is cut."""
+    if isinstance(problem["value"], dict):
+        return f"{problem['loc']}: {problem['msg']}".replace("\n", " ")
+    value = repr(problem["value"])
+    if len(value) > 80:
+        value = value[:77] + "..."
+    return f"{problem['loc']}={value}: {problem['msg']}".replace("\n", " ")
 
 
 class DataError(SlwtuneError):

@@ -63,3 +63,62 @@ def load_model(path: str | Path, device: str = "cpu"):
         model = build_model(parse_spec(blob["spec"]), blob["vocab_size"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
+
+
+# ---- the chosen knobs as a DeepSpeed / Megatron-DeepSpeed curriculum --------------------------
+
+def curriculum_config(spec, chosen: dict) -> dict:
+    """DeepSpeed's legacy `curriculum_learning` block (`curriculum_type: seqlen`) for the chosen knobs.
+
+    The mapping (slw-spec section 2; DeepSpeed's `docs/_tutorials/curriculum-learning.md`):
+    start length -> `min_difficulty`, full length -> `max_difficulty`, T -> `total_curriculum_step`,
+    step size -> `difficulty_step`, pacing -> `schedule_type`. Both count steps from 1 and round the
+    length down to the step size, so the lengths are the same step for step.
+    """
+    slw = spec.slw
+    schedule: dict = {"total_curriculum_step": chosen["duration_steps"], "difficulty_step": slw.step_size}
+    if slw.pacing == "fixed_root":
+        schedule["root_degree"] = slw.root_degree
+    if slw.pacing == "fixed_discrete":
+        schedule = {"difficulty": list(slw.discrete_lengths or []), "max_step": list(slw.discrete_max_steps or [])}
+    return {"curriculum_learning": {"enabled": True, "curriculum_type": "seqlen",
+                                    "min_difficulty": chosen["start_length"], "max_difficulty": slw.full_length,
+                                    "schedule_type": slw.pacing, "schedule_config": schedule}}
+
+
+def megatron_args(spec) -> list[str]:
+    """Megatron-DeepSpeed flags that go with the curriculum: token-based end and LR decay (slw-spec
+    section 4), a step-based LR warmup; and no `--rampup-batch-size` (both shrink early batches)."""
+    return [f"--train-tokens {spec.budget.train_tokens}",
+            f"--lr-decay-tokens {spec.optim.decay_tokens or spec.budget.train_tokens}",
+            f"--lr-warmup-iters {spec.optim.lr_warmup_steps}"]
+
+
+def export_config(job_dir: str | Path) -> dict:
+    """What a finished job chose, as DeepSpeed / Megatron-DeepSpeed settings. SpecError when `job_dir` is not
+    a finished job's folder, TuningError when the job chose nothing."""
+    import json
+
+    from slwtune.errors import SpecError, TuningError
+    from slwtune.job import SPEC_FILE
+    from slwtune.spec import load_spec
+
+    folder = Path(job_dir)
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError([{"loc": "JOB_DIR", "value": str(folder), "msg": f"no readable report.json "
+                          f"({type(exc).__name__}); give a finished job's --out folder"}]) from None
+    if not report.get("chosen"):
+        raise TuningError(f"{folder}: the job chose no SLW knobs (outcome {report.get('outcome')!r}); "
+                           f"nothing to export")
+    spec = load_spec(folder / SPEC_FILE)
+    notes = []
+    full_run = report.get("full_run") or {}
+    if full_run.get("slw_enabled") is False:
+        notes.append("the full run trained without SLW (the control won): these are the best SLW knobs probed")
+    if spec.slw.mode == "reshape":
+        notes.append("slw.mode=reshape: DeepSpeed's legacy seqlen curriculum truncates; use its Data Efficiency "
+                     "library for reshaping")
+    return {"deepspeed": curriculum_config(spec, report["chosen"]), "megatron_deepspeed_args": megatron_args(spec),
+            "notes": notes}

@@ -35,11 +35,30 @@ def planned_probes(spec: JobSpec) -> tuple[int, int, list[tuple[int, int]]]:
     if t.strategy == "optuna":
         rounds = math.ceil(t.n_trials / t.max_concurrent_trials)
         return rounds, t.n_trials, _spread_durations(spec, 5)
-    width = max(t.duration_max - t.duration_min, 1)
-    # round 1 settles the ends; each later round narrows the interval by (slots + 1)
-    needed = 1 + max(0, math.ceil(math.log(max(width / t.resolution, 1.0), t.slots + 1)))
-    rounds = min(t.max_rounds, needed)
-    return rounds, rounds * t.slots, _spread_durations(spec, 5)
+    rounds, trials = worst_case_paper_search(spec)
+    return rounds, trials, _spread_durations(spec, 5)
+
+
+def worst_case_paper_search(spec: JobSpec, edges: int = 16) -> tuple[int, int]:
+    """(rounds, trials) of the paper search at one start length, the most over a family of landscapes.
+
+    The search's length depends on where the stable band lies (it searches on when nothing is
+    stable), so it is run, as pure logic, against bands everywhere, nowhere (at `edges` points),
+    low and high; the plan states the worst of them.
+    """
+    t = spec.tuning
+    points = [round(t.duration_min + (t.duration_max - t.duration_min) * i / (edges - 1)) for i in range(edges)]
+    landscapes = [Landscape()] + [Landscape(diverged_below=e, fluctuating_above=e - 1) for e in points] \
+        + [Landscape(fluctuating_above=e) for e in points] + [Landscape(diverged_below=e) for e in points]
+    worst = (0, 0)
+    for land in landscapes:
+        search = make_search(spec, study_name="plan", default_storage="sqlite:///:memory:")
+        rounds = trials = 0
+        while probes := search.next_round():
+            rounds, trials = rounds + 1, trials + len(probes)
+            search.tell(Outcome(p, *land.verdict(p)) for p in probes)
+        worst = max(worst, (rounds, trials), key=lambda rt: (rt[1], rt[0]))
+    return worst
 
 
 def _spread_durations(spec: JobSpec, n: int) -> list[tuple[int, int]]:
@@ -150,7 +169,7 @@ def format_plan(plan: dict) -> str:
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",
         f"note            {plan['note']}",
         *race_plan_lines(plan),
-    ])
+    ] + [f"warning         {w}" for w in plan.get("warnings", [])])
 
 
 def race_plan_lines(plan: dict) -> list[str]:
@@ -202,21 +221,32 @@ RACE_OUTCOMES = ("slw", "baseline", "tie")
 
 
 def parse_landscape(rules: str) -> Landscape:
-    """`diverged<300,fluctuating>700,early<16,race=slw` -> Landscape; SpecError names a bad rule."""
+    """`diverged<300,fluctuating>700,early<16,race=slw` -> Landscape; SpecError names every bad rule."""
     fields: dict = {}
+    problems = []
     for rule in filter(None, (r.strip() for r in rules.split(","))):
         if rule.replace(" ", "").startswith("race="):
             outcome = rule.replace(" ", "")[len("race="):]
             if outcome not in RACE_OUTCOMES:
-                raise SpecError([{"loc": "--simulate", "value": rule, "msg": f"race= takes one of {RACE_OUTCOMES}"}])
-            fields["race"] = outcome
+                problems.append({"loc": "--simulate", "value": rule, "msg": f"race= takes one of {RACE_OUTCOMES}"})
+            else:
+                fields["race"] = outcome
             continue
         m = _RULE.match(rule.replace(" ", ""))
         key = _RULE_FIELDS.get((m.group(1), m.group(2))) if m else None
         if key is None:
-            raise SpecError([{"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T, "
-                              "early<START or race=slw|baseline|tie, comma-separated"}])
-        fields[key] = int(m.group(3))
+            problems.append({"loc": "--simulate", "value": rule, "msg": "expected diverged<T, fluctuating>T, "
+                             "early<START or race=slw|baseline|tie, comma-separated"})
+        elif key in fields:
+            problems.append({"loc": "--simulate", "value": rule, "msg": f"a second {m.group(1)}{m.group(2)} rule"})
+        else:
+            fields[key] = int(m.group(3))
+    low, high = fields.get("diverged_below"), fields.get("fluctuating_above")
+    if low is not None and high is not None and high + 1 < low:
+        problems.append({"loc": "--simulate", "value": rules, "msg": f"contradictory: T from {high + 1} to {low - 1} "
+                         f"would be both diverged (<{low}) and fluctuating (>{high})"})
+    if problems:
+        raise SpecError(problems, title="invalid --simulate rules")
     return Landscape(**fields)
 
 
@@ -322,3 +352,45 @@ def planned_trials(spec: JobSpec) -> int:
     if spec.tuning.strategy == "paper":
         trials *= max(1, len(start_length_choices(spec.slw.start_length, spec.tuning.max_start_length)))
     return trials + int(spec.tuning.control_probe)
+
+
+# ---- warnings: tuning that costs more than the presets aim at -----------------------------
+
+# The presets' own target: tuning costs at most this share of the full run's tokens (README, "Presets").
+TUNING_SHARE_TARGET = 0.10
+
+
+def _levers(spec: JobSpec) -> list[tuple[str, dict]]:
+    """Knob changes that cut the tuning cost, as (what to write, overrides)."""
+    t, out = spec.tuning, []
+    if t.control_probe:
+        out.append(("--set tuning.control_probe=false (no SLW-off control probe)", {"tuning.control_probe": False}))
+    if t.probe_steps is None and t.probe_warmup_multiples > 1.0:
+        m = max(1.0, t.probe_warmup_multiples / 2)
+        out.append((f"--set tuning.probe_warmup_multiples={m:g} (a shorter probe window)",
+                    {"tuning.probe_warmup_multiples": m}))
+    if t.strategy == "paper":
+        r = min(t.resolution * 2, max(t.duration_max - t.duration_min, 1))
+        if r > t.resolution:
+            out.append((f"--set tuning.resolution={r} (fewer rounds)", {"tuning.resolution": r}))
+    return out
+
+
+def plan_warnings(spec: JobSpec, plan: dict) -> list[str]:
+    """A warning when the tuning costs more than TUNING_SHARE_TARGET of the run, naming the knob that cuts it most."""
+    from slwtune.spec import apply_overrides, parse_spec
+
+    share = plan["tuning_fraction"]
+    if share <= TUNING_SHARE_TARGET:
+        return []
+    data = spec.model_dump(mode="json")
+    tried = [(make_plan(parse_spec(apply_overrides(data, overrides)))["tuning_fraction"], what)
+             for what, overrides in _levers(spec)]
+    msg = (f"tuning costs {share:.0%} of the full run's tokens, above the {TUNING_SHARE_TARGET:.0%} the presets aim "
+           f"at")
+    if tried:
+        best, what = min(tried)
+        msg += f"; the biggest cut: {what}, to {best:.0%}"
+    full_for_target = plan["tuning_tokens"] / TUNING_SHARE_TARGET
+    msg += f"; or the run is short for tuning: budget.train_tokens >= {full_for_target:,.0f} keeps it at the target"
+    return [msg]

@@ -27,6 +27,11 @@ Strategy = Literal["paper", "optuna", "grid"]
 Decay = Literal["cosine", "linear", "constant"]
 Tokenizer = Literal["bytes", "bpe", "gpt2"]
 
+# Vocabulary limits, shared by the spec and `slwtune data prepare` (one place for each fact):
+# a BPE vocabulary holds the 256 bytes and the end-of-text token at least.
+VOCAB_MAX = 1_048_576
+BPE_VOCAB_MIN = 257
+
 # `package.module:function` (dotted names on both sides: a function, or a method of a class)
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 ENTRYPOINT_PATTERN = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
@@ -52,7 +57,7 @@ class ModelSpec(_Section):
     n_head: int | None = Field(None, ge=1, le=256)
     n_embd: int | None = Field(None, ge=1, le=65_536)
     context_length: int | None = Field(None, ge=1, le=131_072, description="maximum sequence length")
-    vocab_size: int | None = Field(None, ge=1, le=1_048_576, description="defaults to the dataset's vocabulary")
+    vocab_size: int | None = Field(None, ge=1, le=VOCAB_MAX, description="defaults to the dataset's vocabulary")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
     entrypoint: str | None = Field(
@@ -87,7 +92,7 @@ class DataSpec(_Section):
         description="a prepared dataset dir (`slwtune data prepare`) or builtin:shakespeare",
     )
     tokenizer: Tokenizer = Field("bpe", description="used when a builtin dataset is prepared")
-    vocab_size: int = Field(4096, ge=256, le=1_048_576, description="BPE vocabulary for builtin data")
+    vocab_size: int = Field(4096, ge=256, le=VOCAB_MAX, description="BPE vocabulary for builtin data")
     batch_size: int = Field(16, ge=1, le=65_536, description="global batch, in full-length sequences")
     micro_batch_size: int | None = Field(
         None, ge=1, le=65_536, description="rows per forward per worker; the rest is gradient accumulation"
@@ -371,6 +376,9 @@ class JobSpec(_Section):
             bad("optim.betas", list(o.betas), "each beta must be in [0, 1)")
 
         d = self.data
+        if d.tokenizer == "bpe" and d.vocab_size < BPE_VOCAB_MIN:
+            bad("data.vocab_size", d.vocab_size, f"bpe needs at least {BPE_VOCAB_MIN} (256 bytes + the end-of-text "
+                                                 f"token)")
         workers = self.resources.num_workers
         if d.batch_size % workers:
             bad("data.batch_size", d.batch_size, f"must be divisible by resources.num_workers={workers}")
@@ -449,12 +457,56 @@ def parse_spec(data: Any) -> JobSpec:
         for err in exc.errors(include_url=False):
             if err["type"] == "spec_rules":
                 problems.extend(err["ctx"]["problems"])
-                continue
-            loc = _loc(err["loc"])
-            value = _value_at(data, err["loc"]) if err["type"] != "extra_forbidden" else err.get("input")
-            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append({"loc": loc, "value": value, "msg": msg})
+            else:
+                problem = _problem(err, data)
+                if problem not in problems:
+                    problems.append(problem)
         raise SpecError(problems) from None
+
+
+def _problem(err: dict, data: dict) -> dict:
+    """One pydantic error as {loc, value, msg}: unknown keys with "did you mean", a short tuple at the tuple."""
+    parts = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return {"loc": _loc(parts), "value": err.get("input"), "msg": _unknown_key_msg(parts)}
+    if err["type"] == "missing" and parts and isinstance(parts[-1], int):
+        # pydantic reports `betas: [0.9]` at `betas.1`, as a missing field: say it at the list
+        value, size = _value_at(data, parts[:-1]), _tuple_size(parts[:-1])
+        return {"loc": _loc(parts[:-1]), "value": value, "msg": f"needs {size or parts[-1] + 1} items"}
+    return {"loc": _loc(parts), "value": _value_at(data, parts), "msg": err["msg"]}
+
+
+def _model_at(parts: tuple) -> type[BaseModel] | None:
+    """The section model that holds the field at `parts` (JobSpec for a top-level key)."""
+    model: Any = JobSpec
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _unknown_key_msg(parts: tuple) -> str:
+    """"unknown field" (or section) with the closest known names, as argparse and pydantic-settings do not."""
+    import difflib
+
+    model = _model_at(parts)
+    known = sorted(model.model_fields) if model else []
+    what = "unknown section" if len(parts) == 1 else "unknown field"
+    close = difflib.get_close_matches(str(parts[-1]), known, n=3, cutoff=0.6)
+    if close:
+        prefix = "".join(f"{p}." for p in parts[:-1])
+        return f"{what}; did you mean {' or '.join(prefix + c for c in close)}?"
+    return f"{what}; known: {', '.join(known)}" if known else what
+
+
+def _tuple_size(parts: tuple) -> int | None:
+    model = _model_at(parts)
+    field = model.model_fields.get(parts[-1]) if model and parts and isinstance(parts[-1], str) else None
+    args = getattr(getattr(field, "annotation", None), "__args__", ())
+    return len(args) if args and Ellipsis not in args else None
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -535,7 +587,12 @@ def preset_path(name: str) -> Path:
     root = presets_dir().resolve()
     path = (root / f"{name}.yaml").resolve()
     if path.parent != root or not path.is_file():
-        raise SpecError([{"loc": "preset", "value": name, "msg": f"unknown preset; choose one of {list_presets()}"}])
+        import difflib
+
+        close = difflib.get_close_matches(name, list_presets(), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise SpecError([{"loc": "preset", "value": name, "msg": f"unknown preset; {hint}choose one of "
+                                                                   f"{list_presets()}"}])
     return path
 
 
@@ -553,14 +610,31 @@ def preset_data(name: str) -> dict:
 
 def load_spec(source: str | Path, overrides: list[str] | dict | None = None) -> JobSpec:
     """A spec from a YAML/JSON file path or a preset name, with overrides applied."""
+    return parse_spec(apply_overrides(read_spec_source(source), overrides))
+
+
+def read_spec_source(source: str | Path) -> dict:
+    """The mapping in a spec file, or a preset's; SpecError naming the file for anything else."""
     path = Path(source)
+    if path.is_dir():
+        raise SpecError([{"loc": "<file>", "value": str(path), "msg": "is a folder; give a spec file (YAML/JSON) or "
+                                                                       "a preset name"}])
     if path.is_file():
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError([{"loc": "<file>", "value": str(path), "msg": f"not UTF-8 text (byte "
+                              f"{exc.object[exc.start]:#04x} at offset {exc.start})"}]) from None
+        except OSError as exc:
+            raise SpecError([{"loc": "<file>", "value": str(path), "msg": f"unreadable ({exc.strerror})"}]) from None
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise SpecError([{"loc": "<file>", "value": str(path), "msg": f"not valid YAML: {exc}"}]) from None
-    elif path.suffix in {".yaml", ".yml", ".json"}:
-        raise SpecError([{"loc": "<file>", "value": str(path), "msg": "no such file"}])
-    else:
-        data = preset_data(str(source))
-    return parse_spec(apply_overrides(data, overrides))
+        if data is None:
+            raise SpecError([{"loc": "<file>", "value": str(path), "msg": "is empty; a spec needs at least one "
+                              "section (see `slwtune presets NAME` for a full one)"}])
+        return data
+    if path.suffix in {".yaml", ".yml", ".json"} or "/" in str(source) or "\\" in str(source):
+        raise SpecError([{"loc": "<file>", "value": str(source), "msg": "no such file"}])
+    return preset_data(str(source))

@@ -23,6 +23,7 @@ from slwtune.data import (
     shakespeare_sources,
     token_dtype,
     train_token_count,
+    vocab_warning,
 )
 from slwtune.errors import DataError, SlwtuneError
 
@@ -129,7 +130,7 @@ def test_prepare_into_a_source_folder_ignores_its_own_output(tmp_path):
     src.mkdir()
     (src / "a.txt").write_text("to be, or not to be\n" * 20)
     first = prepare_dataset(src, src / "prepared", tokenizer="bytes")
-    second = prepare_dataset(src, src / "prepared", tokenizer="bytes")
+    second = prepare_dataset(src, src / "prepared", tokenizer="bytes", force=True)
     assert second.sources == first.sources == (str((src / "a.txt").resolve()),)
     assert second.sha256 == first.sha256
 
@@ -175,10 +176,28 @@ def test_token_dtype_is_uint16_up_to_65536_then_uint32():
 
 
 def test_prepare_with_large_vocab_writes_uint32(tmp_path):
-    meta = prepare_dataset(CORPUS, tmp_path, tokenizer="bpe", vocab_size=70_000)
-    assert meta.dtype == "uint32"
-    assert (tmp_path / "train.bin").stat().st_size == 4 * meta.train_tokens
-    assert_decodes_to(tmp_path, fixture_texts())
+    # a tokenizer that really has 70,000 tokens (bpe records what it learns, see the test below)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for t in fixture_texts() for w in t.split()})
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    vocab.update({f"filler{i}": len(vocab) + i for i in range(70_000 - len(vocab))})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    meta = prepare_dataset(CORPUS, tmp_path / "out", tokenizer=str(tmp_path / "tokenizer.json"), eot_token="<eos>")
+    assert meta.vocab_size == 70_000 and meta.dtype == "uint32"
+    assert (tmp_path / "out" / "train.bin").stat().st_size == 4 * meta.train_tokens
+
+
+def test_prepare_records_the_vocabulary_bpe_learned_and_warns(tmp_path):
+    meta = prepare_dataset(CORPUS, tmp_path / "out", tokenizer="bpe", vocab_size=70_000)
+    assert meta.requested_vocab_size == 70_000
+    assert meta.vocab_size == BpeTokenizer.load(tmp_path / "out" / "tokenizer.json", 0)._tok.get_vocab_size()
+    assert meta.vocab_size < 70_000 and meta.dtype == token_dtype(meta.vocab_size)
+    assert DatasetMeta.load(tmp_path / "out").vocab_size == meta.vocab_size
+    assert f"only {meta.vocab_size:,} tokens of the 70,000" in vocab_warning(meta)
+    assert_decodes_to(tmp_path / "out", fixture_texts())
 
 
 # ---- errors (each names the argument and its value) ---------------------------------
@@ -188,7 +207,7 @@ def test_error_is_a_slwtune_error():
 
 
 def test_prepare_with_no_matching_files_names_sources(tmp_path):
-    with pytest.raises(DataError, match=r"sources='.*nothing\*\.txt': no files matched"):
+    with pytest.raises(DataError, match=r"sources: '.*nothing\*\.txt': the pattern matched no files"):
         prepare_dataset(str(tmp_path / "nothing*.txt"), tmp_path / "out")
 
 

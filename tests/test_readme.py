@@ -63,7 +63,7 @@ def test_readme_validation_example_is_what_the_cli_prints():
     command, *expected = block.strip().splitlines()
     out = subprocess.run([sys.executable, "-m", "slwtune.cli", "validate", *shlex.split(command)],
                          capture_output=True, text=True)
-    assert out.returncode == 2
+    assert out.returncode == 4  # EXIT_INVALID
     assert out.stderr.strip().splitlines() == [line.rstrip() for line in expected]
 
 

@@ -13,6 +13,7 @@ own study. `make_search` builds the one a spec asks for.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
@@ -74,11 +75,20 @@ class PaperSearch:
 
     1. Duration: `diverged` at T is a lower bound ("T too small"), `fluctuating`
        at T an upper bound ("T too large"), `stable` at T a lower bound on the
-       largest stable T. Each round probes `slots` points evenly inside the open
-       interval (left, right) that is still unknown, starting from [t_min, t_max]
-       with both ends in round 1, so "all stable" and "none stable" settle at once.
-       It stops when the interval is narrower than `resolution`, after
-       `max_rounds` rounds at one start length, or when T_max is stable.
+       largest stable T. Each round probes `slots` points inside the open
+       interval (left, right) that is still unknown, starting from [t_min, t_max].
+       With several slots the range's ends come first; with one slot the point is
+       the interval's geometric midpoint (T is a scale: the band of stable T is
+       as likely at 5k-10k as at 20k-40k, the log-uniform prior that Optuna's
+       `log=True` and Ray Tune's `loguniform` use for such knobs), so a band low
+       in a wide range is met in round 1 or 2, not after the last round.
+       Once a stable T is known it stops when the interval is narrower than
+       `resolution`, after `max_rounds` rounds, or when T_max is stable.
+       "Nothing is stable" needs evidence: until a stable T is seen `max_rounds`
+       does not stop it: the untested end next to the stable side is probed
+       first (`t_min` when only "too large" was seen, `t_max` when only "too
+       small"), then the unknown interval is narrowed to `resolution`. So a stable band at least `resolution` wide, or
+       one that reaches an end of the range, is always found.
     2. Start length: doubles (up to `max_start`) only on evidence about the start,
        not about T: when the T search at this start is over with no stable T and
        at least half of its probes went wrong at the very beginning of the window
@@ -159,11 +169,34 @@ class PaperSearch:
         left, right = self.bounds()
         lo = left if left is not None else self.t_min - 1   # exclusive bounds of what is unknown
         hi = right if right is not None else self.t_max + 1
-        if lo >= self.t_max or hi <= self.t_min or hi - lo <= self.resolution \
-                or self.rounds_at_start >= self.max_rounds:
-            return []
+        if lo >= self.t_max or hi <= self.t_min:
+            return []   # T_max is stable (or too small), or T_min is too large: nothing left to learn
         tested = {o.probe.duration_steps for o in self.outcomes if o.probe.start_length == self.start}
+        narrow = hi - lo <= self.resolution
+        if not narrow and self.rounds_at_start < self.max_rounds:
+            return self._spread(lo, hi, tested)
+        if self._largest_stable() is not None:
+            return []
+        ends = self._untested_ends(left, right, tested)
+        if ends or narrow:
+            return ends
+        self._note_once(f"no T was stable at start length {self.start} after max_rounds={self.max_rounds}: searching "
+                        f"on inside the unknown interval (max_rounds applies once a T is stable)")
         return self._spread(lo, hi, tested)
+
+    def _untested_ends(self, left: int | None, right: int | None, tested: set[int]) -> list[int]:
+        """The ends of [t_min, t_max] on the stable side that no probe has tried yet: one probe there
+        settles "none on that side" (the order diverged < stable < fluctuating) or finds a stable T."""
+        ends = ([self.t_min] if left is None else []) + ([self.t_max] if right is None else [])
+        ends = sorted({t for t in ends if t not in tested})
+        if ends:
+            self._note_once(f"no T was stable at start length {self.start}: probing T={', '.join(map(str, ends))} "
+                            f"before concluding that none is")
+        return ends
+
+    def _note_once(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
 
     def _after_search_at_start(self) -> None:
         """The T search at this start is over: done, or double the start on evidence about it."""
@@ -187,7 +220,8 @@ class PaperSearch:
         lo = max(left, self.t_min - 1)
         hi = min(right, self.t_max + 1)
         if self.slots == 1:
-            points = [(lo + hi) // 2]
+            a, b = max(lo + 1, self.t_min, 1), min(hi - 1, self.t_max)
+            points = [round(math.sqrt(a * b))]
         else:
             a = self.t_min if left < self.t_min else lo + (hi - lo) / (self.slots + 1)
             b = self.t_max if right > self.t_max else hi - (hi - lo) / (self.slots + 1)

@@ -243,3 +243,35 @@ def test_max_tokens_stops_a_run_at_a_token_count_and_keeps_the_full_runs_lr_sche
     assert M.VAL_LOSS in last  # the segment ends with an evaluation (the race's shared milestone)
     n = len(cut.rows)
     assert [r[M.TRAIN_LR] for r in cut.rows] == [r[M.TRAIN_LR] for r in full.rows[:n]]
+
+
+def test_a_crashed_segment_runs_once_more_before_the_arm_loses():
+    spec = tiny()
+    arms = {ARM_SLW: Arm(ARM_SLW, 8, 4, "/s", 512, tokens=512), ARM_BASELINE: Arm(ARM_BASELINE, 32, 0, "/b", 512,
+                                                                                   tokens=512)}
+    calls = []
+
+    def runner(arms_, until, index):
+        calls.append((index, [a.name for a in arms_]))
+        for arm in arms_:
+            crash = arm.slw and len(calls) == 1  # the SLW arm's first attempt crashes
+            R.update_arm(arm, [] if crash else [{M.TRAIN_TOKENS: until, M.VAL_LOSS: 5.0, M.VAL_LOSS_SE: 0.1}],
+                         None if crash else f"/{arm.name}/{index}", 1.0, "RuntimeError: worker died" if crash else None)
+
+    R.race(spec, arms, runner)
+    assert calls[:3] == [(1, [ARM_SLW, ARM_BASELINE]), (1, [ARM_SLW]), (2, [ARM_SLW, ARM_BASELINE])]
+    assert not arms[ARM_SLW].failed and arms[ARM_SLW].checkpoint == f"/slw/{calls[-1][0]}"
+
+
+def test_an_arm_that_crashes_twice_loses():
+    spec = tiny()
+    arms = {ARM_SLW: Arm(ARM_SLW, 8, 4, "/s", 512, tokens=512), ARM_BASELINE: Arm(ARM_BASELINE, 32, 0, "/b", 512,
+                                                                                   tokens=512)}
+
+    def runner(arms_, until, index):
+        for arm in arms_:
+            R.update_arm(arm, [{M.TRAIN_TOKENS: until, M.VAL_LOSS: 5.0, M.VAL_LOSS_SE: 0.1}], None, 1.0,
+                         "RuntimeError: worker died" if arm.slw else None)
+
+    d = R.race(spec, arms, runner)
+    assert d.winner == ARM_BASELINE and d.rule == R.RULE_DIVERGED and arms[ARM_SLW].segments == 2

@@ -14,7 +14,8 @@ the rule below compares the two validation-loss curves at equal tokens:
   consecutive paired evaluations. SLW wins the same way, but only with evaluations past
   (1 + `tuning.race_warmup_margin`) x T steps of its warmup: before that, short sequences give
   it more optimizer steps per token, and its lead predicts nothing about the end.
-- An arm that diverges loses. At the race budget (`tuning.race_max_fraction` of the run) an
+- An arm that diverges loses (one that crashes runs its segment once more first: a crash is
+  not an SLW signal; a second crash loses). At the race budget (`tuning.race_max_fraction` of the run) an
   undecided race goes to the baseline, the safer arm: a gap inside the noise band has not
   shown a gain, and the promise is to end no worse than without SLW.
 
@@ -258,6 +259,11 @@ def race(spec: JobSpec, arms: dict[str, Arm], run_segment: SegmentRunner, *,
         if decision is not None:
             break
         run_segment([slw, base], until, index)
+        crashed = [a for a in (slw, base) if a.verdict == M.FAILED]
+        if crashed:  # a crash says nothing about SLW: that arm runs its segment once more (as a probe would)
+            for arm in crashed:
+                arm.verdict, arm.reason = M.STABLE, ""
+            run_segment(crashed, until, index)
         if save:
             save(journal(arms, index, None))
         decision = verdict(at_budget=index == len(milestones))

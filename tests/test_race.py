@@ -275,3 +275,36 @@ def test_an_arm_that_crashes_twice_loses():
 
     d = R.race(spec, arms, runner)
     assert d.winner == ARM_BASELINE and d.rule == R.RULE_DIVERGED and arms[ARM_SLW].segments == 2
+
+
+def test_the_drivers_segment_runs_each_arm_as_a_train_run_and_reads_its_reports_back(monkeypatch, tmp_path):
+    import json
+    from pathlib import Path
+
+    import slwtune.train as T
+
+    made = []
+
+    def make_trainer(spec, options, name, storage):
+        made.append((spec.slw.enabled, options.init_checkpoint, options.max_tokens, name))
+        return options
+
+    def fit_and_summarize(options):  # what rank 0's trace holds after a segment
+        trace = Path(options.trace_dir)
+        trace.mkdir(parents=True)
+        rows = [{M.TRAIN_TOKENS: t, M.VAL_LOSS: 5.0, M.VAL_LOSS_SE: 0.1, M.VERDICT: M.STABLE}
+                for t in (options.max_tokens - 256, options.max_tokens)]
+        (trace / "rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"verdict": M.STABLE, "reason": "", "checkpoint": str(trace / "ckpt")}
+
+    monkeypatch.setattr(T, "make_trainer", make_trainer)
+    monkeypatch.setattr(T, "fit_and_summarize", fit_and_summarize)
+    arms = [Arm(ARM_SLW, 8, 4, "/probe/slw", 512, tokens=512), Arm(ARM_BASELINE, 32, 0, "/probe/base", 512,
+                                                                   tokens=512)]
+    R.run_race_round(tiny(), arms, 2048, 1, job_id="j", storage=str(tmp_path), mlflow_uri=None,
+                     trace_root=str(tmp_path))
+    assert [(m[0], m[1], m[2]) for m in made] == [(True, "/probe/slw", 2048), (False, "/probe/base", 2048)]
+    assert all(f"race-{a.name}-seg1" in m[3] for a, m in zip(arms, made))
+    for arm in arms:
+        assert arm.points == [[1792, 5.0, 0.1], [2048, 5.0, 0.1]] and arm.tokens == 2048 and arm.segments == 1
+        assert arm.checkpoint.startswith(str(tmp_path / "race" / f"{arm.name}-seg1"))

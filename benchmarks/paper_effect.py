@@ -341,27 +341,46 @@ def _tuned_full_run(spec: JobSpec, tuning: LocalTuning, lr: float, seed: int, de
                last.get(M.VERDICT, M.FAILED), int(last.get(M.TRAIN_TOKENS) or 0), rec.wall_s(), rec.cpu_s(), **cost)
 
 
-def run_all(spec: JobSpec, lrs: list[float], seeds: int, device: str, tracker, log) -> list[Run]:
-    """Every arm at every LR and seed, interleaved per seed so machine noise hits all arms alike."""
-    runs: list[Run] = []
-    for lr in lrs:
-        for i in range(seeds):
-            seed = spec.seed + i
-            base = parse_spec(apply_overrides(spec.to_dict(), {"optim.lr": lr, "seed": seed,
-                                                               "optim.min_lr": min(spec.optim.min_lr, lr)}))
-            arms = [(BASELINE, lambda: run_plain(BASELINE, base.without_slw(), lr, seed, "off", device, tracker))]
-            arms.append((TUNED, lambda: run_tuned(base, lr, seed, device, tracker, log)))
-            for arm, default in DEFAULTS.items():
-                start, duration = default.knobs(base)
-                arms.append((arm, lambda arm=arm, s=start, t=duration: run_plain(
-                    arm, slw_spec(base, s, t), lr, seed, f"s={s} T={t}", device, tracker)))
-            for arm, go in arms:
-                log(f"lr {lr:g} seed {seed}: {arm} ...")
-                run = go()
-                log(f"lr {lr:g} seed {seed}: {arm} [{run.knobs}] final val loss "
-                    f"{_fmt(run.final_val_loss, '.4f')} ({run.verdict}), {run.wall_s + run.tuning_wall_s:.0f}s")
-                runs.append(run)
+def run_seed(spec: JobSpec, lr: float, i: int, device: str, tracker, log) -> list[Run]:
+    """Every arm at one LR and seed (seed = spec.seed + i), one after the other."""
+    seed = spec.seed + i
+    base = parse_spec(apply_overrides(spec.to_dict(), {"optim.lr": lr, "seed": seed,
+                                                       "optim.min_lr": min(spec.optim.min_lr, lr)}))
+    arms = [(BASELINE, lambda: run_plain(BASELINE, base.without_slw(), lr, seed, "off", device, tracker))]
+    arms.append((TUNED, lambda: run_tuned(base, lr, seed, device, tracker, log)))
+    for arm, default in DEFAULTS.items():
+        start, duration = default.knobs(base)
+        arms.append((arm, lambda arm=arm, s=start, t=duration: run_plain(
+            arm, slw_spec(base, s, t), lr, seed, f"s={s} T={t}", device, tracker)))
+    runs = []
+    for arm, go in arms:
+        log(f"lr {lr:g} seed {seed}: {arm} ...")
+        run = go()
+        log(f"lr {lr:g} seed {seed}: {arm} [{run.knobs}] final val loss "
+            f"{_fmt(run.final_val_loss, '.4f')} ({run.verdict}), {run.wall_s + run.tuning_wall_s:.0f}s")
+        runs.append(run)
     return runs
+
+
+def run_all(spec: JobSpec, lrs: list[float], seeds: int, device: str, tracker, log, jobs: int = 1) -> list[Run]:
+    """Every arm at every LR and seed, interleaved per seed so machine noise hits all arms alike.
+
+    `jobs` > 1 runs (LR, seed) units in that many processes (a many-core machine; the figures are the
+    same runs, only their wall times share the machine differently); MLflow logging needs jobs = 1.
+    """
+    units = [(lr, i) for lr in lrs for i in range(seeds)]
+    if jobs <= 1:
+        return [run for lr, i in units for run in run_seed(spec, lr, i, device, tracker, log)]
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_seed, spec, lr, i, device, Tracker(None, "", "", {}), _log) for lr, i in units]
+        return [run for f in futures for run in f.result()]
+
+
+def _log(msg: str) -> None:
+    print(f"[paper_effect {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---- analysis: pure functions of the runs -----------------------------------------------------------
@@ -699,7 +718,17 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="log everything under one parent run (default: $MLFLOW_TRACKING_URI; none: no MLflow)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override (repeatable)")
-    return p.parse_args(argv)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="(LR, seed) units run in this many processes (a many-core machine; no MLflow then)")
+    args = p.parse_args(argv)
+    if args.mlflow_uri in ("", "none"):
+        args.mlflow_uri = None
+    if args.jobs < 1:
+        p.error(f"--jobs={args.jobs}: must be >= 1")
+    if args.jobs > 1 and args.mlflow_uri:
+        p.error(f"--jobs={args.jobs} with --mlflow-uri={args.mlflow_uri!r}: MLflow logging needs --jobs 1 "
+                "(pass --mlflow-uri none)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -720,21 +749,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
 
-    def log(msg: str) -> None:
-        print(f"[paper_effect {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
+    log = _log
     log(f"scale {scale.name} ({scale.note}), device {device}, lrs {lrs}, seeds {seeds}, "
         f"{spec.budget.train_tokens:,} tokens per run, batch {spec.data.batch_size} "
         f"(micro {spec.micro_batch_size()} x {spec.grad_accum_steps()}), probe window {spec.probe_steps()} steps")
     tracker = Tracker(args.mlflow_uri, spec.tracking.experiment or "paper-effect",
                       f"paper-effect-{scale.name}-{started:%Y%m%d-%H%M%S}",
                       {**spec.flat(), "bench.scale": scale.name, "bench.lrs": lrs, "bench.seeds": seeds,
-                       "bench.device": device, "bench.dry_run": args.dry_run})
+                       "bench.device": device, "bench.dry_run": args.dry_run, "bench.jobs": args.jobs})
     failed = True
     summary: dict = {"headline": {}, "target_val_loss": None}
     try:
         t0 = time.perf_counter()
-        runs = run_all(spec, lrs, seeds, device, tracker, log)
+        runs = run_all(spec, lrs, seeds, device, tracker, log, args.jobs)
         summary = summarize(runs)
         table = table_markdown(summary)
         result = {"scale": scale.name, "dry_run": args.dry_run, "device": device, "lrs": lrs, "seeds": seeds,

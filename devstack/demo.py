@@ -10,6 +10,7 @@ one (CI, a pipe) it stops at once. `--keep-up` leaves the services running in th
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -18,10 +19,13 @@ from pathlib import Path
 
 import httpx
 
-from devstack.stack import LocalStack
+from devstack.stack import LocalStack, get_json, retrying
 from slwtune import metrics as M
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# How long one read may keep failing transiently (5xx, timeouts, no connection) before the demo gives
+# up: the API and MLflow share the machine's cores with the probes, and answer slowly while they train.
+READ_DEADLINE_S = 300
 
 
 def _say(text: str) -> None:
@@ -37,19 +41,29 @@ def _fmt_eta(seconds: float | None) -> str:
 class Follower:
     """Polls the API and prints what changed: phase, finished probes, the full run's progress."""
 
-    def __init__(self, client: httpx.Client, job_id: str):
+    def __init__(self, client: httpx.Client, job_id: str, read_deadline_s: float = READ_DEADLINE_S):
         self.client, self.job_id = client, job_id
+        self.read_deadline_s = read_deadline_s
         self.phase = None
         self.seen_trials: set[str] = set()
         self.full_started: float | None = None
         self.last_progress = 0.0
+        self.stale_said = False
+
+    def _get(self, path: str, what: str) -> dict:
+        """A read of the API, waited out (with what it waits for said) while the machine is busy."""
+        return get_json(self.client, path, what, self.read_deadline_s, say=_say)
 
     def poll(self) -> dict:
-        job = self.client.get(f"/v1/jobs/{self.job_id}").raise_for_status().json()
+        job = self._get(f"/v1/jobs/{self.job_id}", "the job's state from the API")
         if job.get("phase") != self.phase and job.get("phase"):
             self.phase = job["phase"]
             _say(f"\n== phase: {self.phase}")
-        trials = self.client.get(f"/v1/jobs/{self.job_id}/trials").raise_for_status().json()["data"]
+        answer = self._get(f"/v1/jobs/{self.job_id}/trials", "the job's trials from the API")
+        if answer.get("stale") and not self.stale_said:
+            _say(f"   (trials as last seen: {answer.get('degraded') or 'MLflow is slow'})")
+        self.stale_said = bool(answer.get("stale"))
+        trials = answer["data"]
         for t in trials:
             # the loop tags its verdict as its last act, so a verdict means the probe has ended
             if t.get("kind") == "probe" and t.get("verdict") and t["run_id"] not in self.seen_trials:
@@ -119,7 +133,10 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
             if name == "Ray head":
                 _say(f"\n{stack.ray.sign_in_text()}\n")
         client = httpx.Client(base_url=stack.api.url, headers=stack.api.headers(), timeout=30)
-        job = client.post("/v1/jobs", json={"preset": preset}).raise_for_status().json()
+        # The key makes a retried submit (its answer lost to a timeout) the same job, not a second one.
+        key = secrets.token_hex(16)
+        job = retrying(lambda: client.post("/v1/jobs", json={"preset": preset}, headers={"Idempotency-Key": key})
+                       .raise_for_status().json(), "the API to accept the job", READ_DEADLINE_S, say=_say)
         _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api.url}/v1/jobs")
         follower = Follower(client, job["id"])
         deadline = time.time() + timeout_s
@@ -135,6 +152,9 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping everything")
         return 130
+    except TimeoutError as exc:  # a service stayed unreachable past its deadline (see devstack.stack.retrying)
+        _say(f"\nslwtune demo: {exc}\n   logs: {root}")
+        return 1
     finally:
         if keep_up and code == 0:
             stack.save()

@@ -21,7 +21,7 @@ from slwtune.spec import parse_spec
 from service.api.deps import token_digest
 from service.api.handlers import register_exception_handlers
 from service.api.routes import health, jobs, search_spaces
-from service.backends import Backends, BackendTimer, Outages, RefreshClock
+from service.backends import Backends, BackendTimer, LastKnown, Outages, RefreshClock
 from service.db import create_tables, make_engine
 from service.jobs.reconciliation import reconcile_all
 from service.mlflow_reader import MlflowReader
@@ -58,7 +58,7 @@ async def lifespan(app: FastAPI):
     await run_in_threadpool(create_tables, app.state.engine)
     await run_in_threadpool(warm_up)
     b = Backends(settings=settings, ray=app.state.ray, mlflow=app.state.mlflow, timer=BackendTimer(),
-                 clock=app.state.clock, outages=app.state.outages)
+                 clock=app.state.clock, outages=app.state.outages, last_trials=app.state.last_trials)
 
     def reconcile(only_stale: bool) -> int:
         with Session(app.state.engine, expire_on_commit=False) as session:
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.mlflow = MlflowReader(timeout=settings.backend_timeout_s)
     app.state.clock = RefreshClock()
     app.state.outages = Outages()
+    app.state.last_trials = LastKnown()
     app.state.token_digests = [(p, token_digest(t.get_secret_value())) for p, t in settings.api_tokens.items()]
     register_exception_handlers(app)
     for resource in (jobs, search_spaces, health):

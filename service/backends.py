@@ -11,7 +11,8 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from service.db import JobRow
@@ -107,6 +108,31 @@ class Outages:
                       f"depends on it is as last seen" for name, (since, message) in items}
 
 
+class LastKnown:
+    """Each job's last answer from a backend (its trials from MLflow), kept in memory for the reads
+    that must answer while that backend is slow or down: they serve it marked stale instead of a 503.
+
+    Bounded (the `size` most recently stored jobs); like the clock, per process.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._seen: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._seen[key] = (time.time(), value)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+    def get(self, key: str) -> tuple[float, Any] | None:
+        """(wall time it was stored, value), or None when nothing was stored for `key`."""
+        with self._lock:
+            return self._seen.get(key)
+
+
 @dataclass
 class Backends:
     """The clients one request may need; `timer` collects the time spent waiting on them."""
@@ -117,6 +143,7 @@ class Backends:
     timer: BackendTimer
     clock: RefreshClock
     outages: Outages = field(default_factory=Outages)
+    last_trials: LastKnown = field(default_factory=LastKnown)
 
     def tracking_uri(self, row: JobRow) -> str:
         """The MLflow server a job logs to: the one stored at submit, else the server's."""

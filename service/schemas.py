@@ -171,6 +171,9 @@ class TrialPublic(BaseModel):
 class TrialsPublic(BaseModel):
     data: list[TrialPublic]
     count: int
+    stale: bool = Field(False, description="true when MLflow could not be read (down, or slower than the backend "
+                                           "timeout): `data` is the trials as this API last read them")
+    degraded: str | None = Field(None, description="why the trials are stale, and since when they were read")
 
 
 class JobLogs(BaseModel):

@@ -100,7 +100,10 @@ def test_ray_head_listens_on_loopback_and_gives_its_own_token():
 
 
 class FakeStack:
-    """Stands in for devstack.stack.LocalStack: records what the demo does with it."""
+    """Stands in for devstack.stack.LocalStack: records what the demo does with it; its API answers
+    with `answer` (a request -> response function)."""
+
+    answer = staticmethod(lambda request: fake_api(request))
 
     def __init__(self, root):
         from devstack.stack import RayHead
@@ -150,7 +153,8 @@ def demo_on_fakes(monkeypatch, tmp_path):
     stacks = []
     monkeypatch.setattr(demo, "LocalStack", lambda root: stacks.append(FakeStack(root)) or stacks[-1])
     real_client = httpx.Client
-    monkeypatch.setattr(demo.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(fake_api), **kw))
+    monkeypatch.setattr(demo.httpx, "Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(stacks[-1].answer), **kw))
     monkeypatch.setattr(demo.time, "sleep", sleep_until_ctrl_c)
     monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
     return demo, stacks, tmp_path / "demo"
@@ -175,3 +179,132 @@ def test_demo_in_a_terminal_keeps_the_stack_up_until_ctrl_c(demo_on_fakes, capsy
     assert "The stack stays up so that the links above open: press Ctrl-C to stop it." in out
     assert out.index("MLflow run:") < out.index("press Ctrl-C") < out.index("stopping everything")
     assert stacks[0].events[-1] == "stop"
+
+
+# ---- a busy machine: transient errors are waited out, with what is awaited said ----------------
+
+
+class Flaky:
+    """An API whose `/trials` answers each of `faults` in turn (a status code, or an httpx error to
+    raise) before it answers 200; every other path answers the finished job."""
+
+    def __init__(self, *faults):
+        self.faults = list(faults)
+        self.trials_reads = 0
+
+    def __call__(self, request):
+        import httpx
+
+        if request.url.path.endswith("/trials"):
+            self.trials_reads += 1
+            if self.faults:
+                fault = self.faults.pop(0)
+                if isinstance(fault, int):
+                    return httpx.Response(fault, json={"detail": "MLflow is unavailable: read timed out"},
+                                          headers={"Retry-After": "5"} if fault == 503 else {})
+                raise fault("slow", request=request)
+        return fake_api(request)
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    import devstack.stack
+
+    slept = []
+    monkeypatch.setattr(devstack.stack.time, "sleep", slept.append)
+    return slept
+
+
+def follower_on(api, **kw):
+    import httpx
+
+    from devstack.demo import Follower
+
+    return Follower(httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(api)), "slw-1", **kw)
+
+
+def test_follower_waits_out_503s_and_timeouts_saying_what_it_waits_for(sleeps, capsys):
+    import httpx
+
+    api = Flaky(503, httpx.ReadTimeout, httpx.ConnectError, 502)
+    assert follower_on(api).poll()["state"] == "succeeded"
+    assert api.trials_reads == 5
+    out = capsys.readouterr().out
+    assert "waiting for the job's trials from the API: HTTP 503" in out and "ReadTimeout" in out
+    assert sleeps == [5.0, 1.0, 2.0, 4.0]  # the 503's Retry-After, then doubling backoff
+
+
+def test_follower_fails_at_once_on_a_client_error(sleeps):
+    import httpx
+
+    with pytest.raises(httpx.HTTPStatusError, match="404"):
+        follower_on(Flaky(404)).poll()
+    assert sleeps == []
+
+
+def test_follower_gives_up_at_its_deadline_naming_what_it_waited_for(sleeps):
+    with pytest.raises(TimeoutError, match="the job's trials from the API: HTTP 503"):
+        follower_on(Flaky(*[503] * 100), read_deadline_s=0).poll()
+
+
+def test_follower_says_once_that_trials_are_stale(sleeps, capsys):
+    import httpx
+
+    def stale(request):
+        if request.url.path.endswith("/trials"):
+            return httpx.Response(200, json={"data": [], "count": 0, "stale": True,
+                                             "degraded": "MLflow is unavailable: read timed out"})
+        return fake_api(request)
+
+    follower = follower_on(stale)
+    follower.poll()
+    follower.poll()
+    assert capsys.readouterr().out.count("trials as last seen: MLflow is unavailable: read timed out") == 1
+
+
+def test_demo_survives_the_503_that_ended_it_on_a_busy_machine(demo_on_fakes, monkeypatch, capsys):
+    import httpx
+
+    demo, stacks, root = demo_on_fakes
+    monkeypatch.setattr(FakeStack, "answer", staticmethod(Flaky(503, 503)))
+    assert demo.run_demo(root=root) == 0
+    out = capsys.readouterr().out
+    assert "chosen knobs:   start length 8, duration T = 64 steps" in out
+    assert "waiting for the job's trials from the API" in out
+
+
+def test_wait_for_waits_out_transient_errors_and_raises_others(sleeps):
+    import httpx
+
+    from devstack.stack import wait_for
+
+    answers = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), "done"]
+
+    def fetch():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert wait_for(fetch, lambda x: x == "done", 60, "a thing") == "done"
+    assert sleeps == [0.5, 1.0]
+
+    def refused():
+        raise ValueError("not transient")
+
+    with pytest.raises(ValueError):
+        wait_for(refused, bool, 60, "a thing")
+
+
+def test_submit_retries_a_409_with_retry_after_but_not_other_4xx():
+    import httpx
+
+    from devstack.stack import transient
+
+    def status(code, **headers):
+        request = httpx.Request("POST", "http://api.test/v1/jobs")
+        return httpx.HTTPStatusError("x", request=request, response=httpx.Response(code, headers=headers,
+                                                                                   request=request))
+
+    assert transient(status(409, **{"Retry-After": "1"})) and transient(status(500))
+    assert not transient(status(409)) and not transient(status(422)) and not transient(ValueError())

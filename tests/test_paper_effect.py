@@ -208,3 +208,26 @@ def test_everything_under_one_mlflow_parent_run(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"table.md", "results.json", "curves.png"} <= artifacts
     assert parent.info.status == "FINISHED"
+
+
+def test_jobs_runs_seeds_in_processes_with_the_same_results(tmp_path):
+    """--jobs only spreads (LR, seed) units over processes: every run's final loss is the serial one."""
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "parallel").mkdir()
+    serial = run_script(tmp_path / "serial", "--quick", "--seeds", "2", "--lrs", "0.03", "--mlflow-uri", "none")
+    check_outputs(serial, tmp_path / "serial", [0.03], 2)
+    parallel = run_script(tmp_path / "parallel", "--quick", "--seeds", "2", "--lrs", "0.03", "--jobs", "2",
+                          "--mlflow-uri", "none")
+    check_outputs(parallel, tmp_path / "parallel", [0.03], 2)
+
+    def finals(path):
+        runs = json.loads((path / "results.json").read_text())["runs"]
+        return sorted((r["arm"], r["seed"], r["final_val_loss"]) for r in runs)
+
+    assert finals(tmp_path / "parallel") == finals(tmp_path / "serial")
+
+
+def test_jobs_refuses_mlflow(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--jobs", "2", "--mlflow-uri", "http://x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--jobs=2" in proc.stderr and "--mlflow-uri" in proc.stderr

@@ -61,7 +61,7 @@ CurrentPrincipal = Annotated[str, Depends(get_principal)]
 async def get_backends(request: Request) -> Backends:
     s = request.app.state
     b = Backends(settings=s.settings, ray=s.ray, mlflow=s.mlflow, timer=BackendTimer(), clock=s.clock,
-                 outages=s.outages)
+                 outages=s.outages, last_trials=s.last_trials)
     request.state.backend_timer = b.timer  # the error handlers report it too (Server-Timing)
     return b
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from slwtune import storage
 from slwtune.storage import job_prefix
 
-from service.backends import BackendError, Backends
+from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import JobRow, utcnow
 from service.errors import JobFinished, JobNotFound, JobStillStopping
 from service.jobs.reconciliation import experiment_of, refresh, submission_of
@@ -130,8 +130,25 @@ def tail_logs(row: JobRow, b: Backends, lines: int) -> tuple[list[str], bool]:
     return all_lines[-lines:], len(all_lines) > lines
 
 
-def trials(session: Session, row: JobRow, b: Backends) -> list[dict]:
-    """The job's trials from MLflow (empty until the driver has created its parent run)."""
+def trials(session: Session, row: JobRow, b: Backends) -> tuple[list[dict], str | None]:
+    """The job's trials from MLflow (empty until the driver has created its parent run), and None;
+    while MLflow cannot be reached (down, or too slow to answer within the backend timeout: the
+    probes share its cores), the trials as this process last read them and a note saying why and
+    since when: a follower keeps its view instead of getting a 503."""
+    try:
+        data = _trials_from_mlflow(session, row, b)
+    except BackendUnavailable as exc:
+        b.outages.down("mlflow", str(exc))
+        seen = b.last_trials.get(row.id)
+        when = (f"as last read at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seen[0]))}" if seen
+                else "none read yet")
+        return (seen[1] if seen else []), f"{exc}; trials {when}"
+    b.outages.up("mlflow")
+    b.last_trials.put(row.id, list(data))
+    return data, None
+
+
+def _trials_from_mlflow(session: Session, row: JobRow, b: Backends) -> list[dict]:
     uri = b.tracking_uri(row)
     if not row.mlflow_parent_run_id or not row.mlflow_experiment_id:
         with b.timer.measure("mlflow"):

@@ -71,3 +71,73 @@ def test_pagination_and_state_filter(api):
     assert running["count"] == 1 and running["data"][0]["id"] == ids[0]
     assert api.call("GET", "/v1/jobs", params={"state": "bogus"}).status_code == 422
     assert api.call("GET", "/v1/jobs", params={"limit": 10_000}).status_code == 422
+
+
+def test_trials_while_mlflow_is_down_are_the_last_read_marked_stale(api):
+    job = api.submit()
+    api.mlflow.parents[job["id"]] = parent(job["id"])
+    api.mlflow.children[f"run-{job['id']}"] = [{"run_id": "c1", "kind": "probe", "status": "FINISHED",
+                                                 "verdict": "stable", "metrics": {"val/ppl": 41.5}}]
+    fresh = api.call("GET", f"/v1/jobs/{job['id']}/trials").json()
+    assert (fresh["count"], fresh["stale"], fresh["degraded"]) == (1, False, None)
+    api.mlflow.children[f"run-{job['id']}"].append({"run_id": "c2", "kind": "probe", "status": "RUNNING"})
+    api.mlflow.down = True
+    r = api.call("GET", f"/v1/jobs/{job['id']}/trials")
+    assert r.status_code == 200
+    got = r.json()
+    assert [t["run_id"] for t in got["data"]] == ["c1"] and got["stale"]  # as last read, not c2
+    assert "MLflow is unavailable: down (test)" in got["degraded"] and "as last read at 20" in got["degraded"]
+    assert "mlflow" in api.call("GET", f"/v1/jobs/{job['id']}").json()["unavailable"]
+    api.mlflow.down = False
+    back = api.call("GET", f"/v1/jobs/{job['id']}/trials").json()
+    assert [t["run_id"] for t in back["data"]] == ["c1", "c2"] and not back["stale"]
+    assert api.call("GET", f"/v1/jobs/{job['id']}").json()["unavailable"] == {}
+
+
+class SlowServer:
+    """An HTTP server that holds every request `delay_s` before answering 503 (MLflow on a machine
+    whose cores the probes keep busy): slower than the API's backend timeout."""
+
+    def __init__(self, delay_s: float):
+        import http.server
+        import threading
+        import time
+
+        class Slow(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                time.sleep(delay_s)
+                try:
+                    self.send_response(503)
+                    self.end_headers()
+                except OSError:
+                    pass  # the client gave up first
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_trials_while_mlflow_answers_slower_than_the_timeout_are_stale_not_503(make_api, monkeypatch):
+    from service.mlflow_reader import MlflowReader
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")  # what MlflowReader(timeout=1.0) sets in a fresh process
+    slow = SlowServer(delay_s=3.0)
+    try:
+        with make_api(mlflow_tracking_uri=slow.uri, backend_timeout_s=1.0) as api:
+            job = api.submit()
+            api.app.state.mlflow = MlflowReader(timeout=1.0)  # the real client, against the slow server
+            r = api.call("GET", f"/v1/jobs/{job['id']}/trials")
+            assert r.status_code == 200, r.text
+            assert r.json()["stale"] and "MLflow is unavailable" in r.json()["degraded"]
+    finally:
+        slow.close()

@@ -130,12 +130,15 @@ def router(settings: Settings) -> APIRouter:
         _timing(response, b)
         return job_public(row, b, detail=True)
 
-    @r.get("/{job_id}/trials", response_model=TrialsPublic, responses={**ERRORS, **BACKEND_ERRORS})
+    @r.get("/{job_id}/trials", response_model=TrialsPublic, responses={**ERRORS, 502: BACKEND_ERRORS[502]})
     def read_trials(job_id: str, principal: CurrentPrincipal, session: SessionDep, b: BackendsDep) -> TrialsPublic:
-        """Probe trials and the full run, from the job's MLflow parent run (oldest first)."""
+        """Probe trials and the full run, from the job's MLflow parent run (oldest first).
+
+        While MLflow cannot be reached in time, the trials as last read, with `stale` and a `degraded` note."""
         row = actions.get_job(session, principal, job_id)
-        data = actions.trials(session, row, b)
-        return TrialsPublic(data=[TrialPublic(**t) for t in data], count=len(data))
+        data, degraded = actions.trials(session, row, b)
+        return TrialsPublic(data=[TrialPublic(**t) for t in data], count=len(data), stale=degraded is not None,
+                            degraded=degraded)
 
     @r.get("/{job_id}/logs", response_model=JobLogs, responses={**ERRORS, **BACKEND_ERRORS})
     def read_logs(job_id: str, principal: CurrentPrincipal, session: SessionDep, b: BackendsDep,

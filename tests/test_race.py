@@ -308,3 +308,10 @@ def test_the_drivers_segment_runs_each_arm_as_a_train_run_and_reads_its_reports_
     for arm in arms:
         assert arm.points == [[1792, 5.0, 0.1], [2048, 5.0, 0.1]] and arm.tokens == 2048 and arm.segments == 1
         assert arm.checkpoint.startswith(str(tmp_path / "race" / f"{arm.name}-seg1"))
+
+
+def test_a_race_over_the_whole_run_leaves_the_full_run_its_last_evaluation():
+    spec = tiny(race_max_fraction=1.0)
+    last_eval = spec.run.eval_every_steps * spec.data.batch_size * spec.slw.full_length
+    assert spec.race_tokens() == spec.budget.train_tokens - last_eval
+    assert R.segment_milestones(512, spec)[-1] == spec.race_tokens()

@@ -143,12 +143,19 @@ class Scale:
     note: str
 
 
+# The scales' runs are short (24-100 full-length steps) and their probes are 40-50% of a run: at the default
+# race budget (0.3 of the run) the race could never see an SLW arm past its warmup, so the tuned arm would be
+# the baseline by the undecided rule every time. The whole run as the race budget lets the race judge; its
+# cost (the loser's race tokens) counts against the tuned arm like every probe's.
+RACE_BUDGET = {"race_max_fraction": 1.0}
+
+
 def _spec(name: str, *, model: dict, data: dict, optim: dict, full_length: int, tokens: int, run: dict,
           tuning: dict, resources: dict | None = None) -> dict:
     return {"name": name, "seed": 1234, "model": model, "data": data, "optim": optim,
             "slw": {"enabled": True, "start_length": 8, "full_length": full_length, "duration_steps": 100,
                     "step_size": 8},
-            "budget": {"train_tokens": tokens}, "run": run, "tuning": tuning,
+            "budget": {"train_tokens": tokens}, "run": run, "tuning": {**RACE_BUDGET, **tuning},
             "resources": resources or {"cpus_per_worker": 1}}
 
 

@@ -220,7 +220,7 @@ def run_race(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -
 
     def segment(arms_: list[Arm], until: int, index: int) -> None:
         run_race_round(job.spec, arms_, until, index, job_id=job.job_id, storage=job.storage, mlflow_uri=job.uri,
-                       spill_dir=job.spill_dir)
+                       spill_dir=job.spill_dir, trace_root=str(job.out.resolve()))
 
     job.status(phase=M.PHASE_SELECTING, progress=f"race: s={chosen.start_length} T={chosen.duration_steps} "
                                                   f"against the control, up to {job.spec.race_tokens():,} tokens")

@@ -283,8 +283,12 @@ class JobSpec(_Section):
         return self.optim.decay_tokens or self.budget.train_tokens
 
     def race_tokens(self) -> int:
-        """Where the race between SLW and the control stops at the latest (tokens of the full run)."""
-        return max(1, int(self.tuning.race_max_fraction * self.budget.train_tokens))
+        """Where the race between SLW and the control stops at the latest (tokens of the full run):
+        `race_max_fraction` of the run, less one full-length evaluation interval, so that the full
+        run continuing from the winner always has steps left to train, evaluate and checkpoint."""
+        last_eval = self.run.eval_every_steps * self.data.batch_size * self.slw.full_length
+        return max(1, min(int(self.tuning.race_max_fraction * self.budget.train_tokens),
+                          self.budget.train_tokens - last_eval))
 
     def duration_cap(self) -> int:
         """The largest T that fits the run: an SLW arm with this T (fixed_linear from slw.start_length)

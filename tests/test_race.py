@@ -243,3 +243,75 @@ def test_max_tokens_stops_a_run_at_a_token_count_and_keeps_the_full_runs_lr_sche
     assert M.VAL_LOSS in last  # the segment ends with an evaluation (the race's shared milestone)
     n = len(cut.rows)
     assert [r[M.TRAIN_LR] for r in cut.rows] == [r[M.TRAIN_LR] for r in full.rows[:n]]
+
+
+def test_a_crashed_segment_runs_once_more_before_the_arm_loses():
+    spec = tiny()
+    arms = {ARM_SLW: Arm(ARM_SLW, 8, 4, "/s", 512, tokens=512), ARM_BASELINE: Arm(ARM_BASELINE, 32, 0, "/b", 512,
+                                                                                   tokens=512)}
+    calls = []
+
+    def runner(arms_, until, index):
+        calls.append((index, [a.name for a in arms_]))
+        for arm in arms_:
+            crash = arm.slw and len(calls) == 1  # the SLW arm's first attempt crashes
+            R.update_arm(arm, [] if crash else [{M.TRAIN_TOKENS: until, M.VAL_LOSS: 5.0, M.VAL_LOSS_SE: 0.1}],
+                         None if crash else f"/{arm.name}/{index}", 1.0, "RuntimeError: worker died" if crash else None)
+
+    R.race(spec, arms, runner)
+    assert calls[:3] == [(1, [ARM_SLW, ARM_BASELINE]), (1, [ARM_SLW]), (2, [ARM_SLW, ARM_BASELINE])]
+    assert not arms[ARM_SLW].failed and arms[ARM_SLW].checkpoint == f"/slw/{calls[-1][0]}"
+
+
+def test_an_arm_that_crashes_twice_loses():
+    spec = tiny()
+    arms = {ARM_SLW: Arm(ARM_SLW, 8, 4, "/s", 512, tokens=512), ARM_BASELINE: Arm(ARM_BASELINE, 32, 0, "/b", 512,
+                                                                                   tokens=512)}
+
+    def runner(arms_, until, index):
+        for arm in arms_:
+            R.update_arm(arm, [{M.TRAIN_TOKENS: until, M.VAL_LOSS: 5.0, M.VAL_LOSS_SE: 0.1}], None, 1.0,
+                         "RuntimeError: worker died" if arm.slw else None)
+
+    d = R.race(spec, arms, runner)
+    assert d.winner == ARM_BASELINE and d.rule == R.RULE_DIVERGED and arms[ARM_SLW].segments == 2
+
+
+def test_the_drivers_segment_runs_each_arm_as_a_train_run_and_reads_its_reports_back(monkeypatch, tmp_path):
+    import json
+    from pathlib import Path
+
+    import slwtune.train as T
+
+    made = []
+
+    def make_trainer(spec, options, name, storage):
+        made.append((spec.slw.enabled, options.init_checkpoint, options.max_tokens, name))
+        return options
+
+    def fit_and_summarize(options):  # what rank 0's trace holds after a segment
+        trace = Path(options.trace_dir)
+        trace.mkdir(parents=True)
+        rows = [{M.TRAIN_TOKENS: t, M.VAL_LOSS: 5.0, M.VAL_LOSS_SE: 0.1, M.VERDICT: M.STABLE}
+                for t in (options.max_tokens - 256, options.max_tokens)]
+        (trace / "rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"verdict": M.STABLE, "reason": "", "checkpoint": str(trace / "ckpt")}
+
+    monkeypatch.setattr(T, "make_trainer", make_trainer)
+    monkeypatch.setattr(T, "fit_and_summarize", fit_and_summarize)
+    arms = [Arm(ARM_SLW, 8, 4, "/probe/slw", 512, tokens=512), Arm(ARM_BASELINE, 32, 0, "/probe/base", 512,
+                                                                   tokens=512)]
+    R.run_race_round(tiny(), arms, 2048, 1, job_id="j", storage=str(tmp_path), mlflow_uri=None,
+                     trace_root=str(tmp_path))
+    assert [(m[0], m[1], m[2]) for m in made] == [(True, "/probe/slw", 2048), (False, "/probe/base", 2048)]
+    assert all(f"race-{a.name}-seg1" in m[3] for a, m in zip(arms, made))
+    for arm in arms:
+        assert arm.points == [[1792, 5.0, 0.1], [2048, 5.0, 0.1]] and arm.tokens == 2048 and arm.segments == 1
+        assert arm.checkpoint.startswith(str(tmp_path / "race" / f"{arm.name}-seg1"))
+
+
+def test_a_race_over_the_whole_run_leaves_the_full_run_its_last_evaluation():
+    spec = tiny(race_max_fraction=1.0)
+    last_eval = spec.run.eval_every_steps * spec.data.batch_size * spec.slw.full_length
+    assert spec.race_tokens() == spec.budget.train_tokens - last_eval
+    assert R.segment_milestones(512, spec)[-1] == spec.race_tokens()

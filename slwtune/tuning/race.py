@@ -14,7 +14,8 @@ the rule below compares the two validation-loss curves at equal tokens:
   consecutive paired evaluations. SLW wins the same way, but only with evaluations past
   (1 + `tuning.race_warmup_margin`) x T steps of its warmup: before that, short sequences give
   it more optimizer steps per token, and its lead predicts nothing about the end.
-- An arm that diverges loses. At the race budget (`tuning.race_max_fraction` of the run) an
+- An arm that diverges loses (one that crashes runs its segment once more first: a crash is
+  not an SLW signal; a second crash loses). At the race budget (`tuning.race_max_fraction` of the run) an
   undecided race goes to the baseline, the safer arm: a gap inside the noise band has not
   shown a gain, and the promise is to end no worse than without SLW.
 
@@ -32,9 +33,8 @@ evaluation never decides. Unlike ASHA, the race is a pair, and the winner's trai
 (the full run continues from its checkpoint), so only the loser's race tokens are spent.
 
 The pure rule (`decide`) is tested with synthetic curves; `race` drives the segments with a
-runner: `local_segment_runner` (in-process, tune_locally and tests) or the driver's Ray Tune
-round (one trial per arm, `tuning.max_concurrent_trials` at a time: they alternate with one
-slot and run side by side with two). Progress is journaled through `save` after every segment,
+runner: `local_segment_runner` (in-process, tune_locally and tests) or `run_race_round` (the
+driver: each arm's segment a Ray Train run, the arms alternating). Progress is journaled through `save` after every segment,
 so a restarted driver does not rerun finished segments.
 """
 
@@ -258,6 +258,11 @@ def race(spec: JobSpec, arms: dict[str, Arm], run_segment: SegmentRunner, *,
         if decision is not None:
             break
         run_segment([slw, base], until, index)
+        crashed = [a for a in (slw, base) if a.verdict == M.FAILED]
+        if crashed:  # a crash says nothing about SLW: that arm runs its segment once more (as a probe would)
+            for arm in crashed:
+                arm.verdict, arm.reason = M.STABLE, ""
+            run_segment(crashed, until, index)
         if save:
             save(journal(arms, index, None))
         decision = verdict(at_budget=index == len(milestones))
@@ -365,56 +370,38 @@ def decision_report(spec: JobSpec, arms: dict[str, Arm] | None, decision: Decisi
                          "mlflow_run_id": a.mlflow_run_id, "curve": a.points} for k, a in arms.items()}}
 
 
-# ---- on Ray Tune: one trial per arm, like the probes ------------------------------------------
-
-
-def race_trial(config: dict) -> None:
-    """Tune trial function: one arm's segment, a Train V2 TorchTrainer from the arm's last checkpoint."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from slwtune.train import make_trainer
-    from slwtune.train_loop import RunOptions
-
-    base = JobSpec.model_validate(config["spec"])
-    arm = Arm(**config["arm"])
-    options = RunOptions(init_checkpoint=arm.checkpoint, max_tokens=config["until"], mlflow_uri=config["mlflow_uri"],
-                         mlflow_run_id=arm.mlflow_run_id, spill_dir=config.get("spill_dir"))
-    trainer = make_trainer(arm.spec(base), options, name=f"{config['job_name']}race-{arm.name}-seg{config['segment']}",
-                           storage=config["storage"], callbacks=[TuneReportCallback()])
-    trainer.fit()
+# ---- on Ray: each arm's segment a Ray Train run started by the driver ---------------------------
 
 
 def run_race_round(spec: JobSpec, arms: list[Arm], until: int, index: int, *, job_id: str, storage: str,
-                   mlflow_uri: str | None, spill_dir: str | None = None) -> None:
-    """One segment of every live arm as one Ray Tune round (`tuning.max_concurrent_trials` at a time:
-    the arms alternate with one slot, run side by side with two); folds the results into `arms`."""
-    import time
+                   mlflow_uri: str | None, spill_dir: str | None = None, trace_root: str | None = None) -> None:
+    """One segment of every live arm, each a Ray Train run (`make_trainer`, as the full run) from the
+    arm's last checkpoint, one after the other; folds the results into `arms`.
 
-    from ray import tune
+    Why not a Ray Tune round like the probes: measured on the shared 2-core machine, Train V2 runs
+    inside short Tune trials left their placement groups reserved after the trial ended (3.01 of 4
+    CPUs after 4 segments; the 5th segment waited over 10 minutes for a worker). Runs owned by the
+    driver release them when they finish, as the full run does. Every report of the segment is read
+    back from the run's trace (`RunOptions.trace_dir`, rank 0, under `trace_root`: the job folder).
+    """
+    import json
+    import time
+    from pathlib import Path
 
     from slwtune.storage import job_prefix
-    from slwtune.tuning.tune_glue import CHECKPOINT_PATH_KEY, lift_knobs, trial_resources, with_storage_scheme
+    from slwtune.train import fit_and_summarize, make_trainer
+    from slwtune.train_loop import RunOptions
 
-    live = [a for a in arms if not a.failed]
-    if not live:
-        return
     prefix = job_prefix(spec.name, job_id)
-    tuner = tune.Tuner(
-        tune.with_resources(lift_knobs(race_trial), trial_resources(spec)),
-        param_space={"spec": spec.to_dict(), "until": until, "segment": index, "job_name": prefix,
-                     "storage": storage, "mlflow_uri": mlflow_uri, "spill_dir": spill_dir,
-                     "knobs": tune.grid_search([{"arm": a.to_dict()} for a in live])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.tuning.max_concurrent_trials),
-        # a restarted driver reruns an unfinished segment under a new name, from the arms' journaled checkpoints
-        run_config=tune.RunConfig(name=f"{prefix}race-seg{index}-{int(time.time())}", storage_path=storage,
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
-    )
-    start = time.time()
-    by_name = {a.name: a for a in live}
-    for result in tuner.fit():
-        arm = by_name[(result.config or {})["knobs"]["arm"]["name"]]
-        df = getattr(result, "metrics_dataframe", None)
-        reports = df.to_dict("records") if df is not None else [dict(result.metrics or {})]
-        error = f"{type(result.error).__name__}: {str(result.error)[:300]}" if result.error is not None else None
-        ckpt = with_storage_scheme((result.metrics or {}).get(CHECKPOINT_PATH_KEY), storage)
-        update_arm(arm, reports, ckpt, time.time() - start, error)
+    for arm in [a for a in arms if not a.failed]:
+        stamp = int(time.time())
+        trace = Path(trace_root or spill_dir or ".") / "race" / f"{arm.name}-seg{index}-{stamp}"
+        options = RunOptions(init_checkpoint=arm.checkpoint, max_tokens=until, mlflow_uri=mlflow_uri,
+                             mlflow_run_id=arm.mlflow_run_id, spill_dir=spill_dir, trace_dir=str(trace))
+        start = time.time()
+        summary = fit_and_summarize(make_trainer(arm.spec(spec), options,
+                                                 f"{prefix}race-{arm.name}-seg{index}-{stamp}", storage))
+        rank0 = trace / "rank0.jsonl"
+        reports = [json.loads(line) for line in rank0.read_text().splitlines()] if rank0.is_file() else []
+        error = summary["reason"] if summary["verdict"] == M.FAILED else None
+        update_arm(arm, reports, summary["checkpoint"], time.time() - start, error)

@@ -10,7 +10,8 @@ from service_kit import TINY, bounds, doc_range, fields, numeric_fields, out_of_
 from slwtune.errors import SpecError
 from slwtune.spec import list_presets, load_spec
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+# the job-spec table moved from the README to the reference it links (issue 24)
+README = (Path(__file__).resolve().parents[2] / "docs" / "reference.md").read_text()
 NUMERIC = dict(numeric_fields())
 
 

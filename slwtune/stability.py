@@ -103,7 +103,8 @@ def adam_variance_stats(optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor,
 
 @dataclass(frozen=True)
 class Verdict:
-    """How a run looks so far: `step` is where its status was first seen (None when stable),
+    """How a run looks so far: `step` is where its trouble began (the first step of a spike that
+    persisted, the first risen evaluation; None when stable),
     `early` whether that step lies in the first `early_fraction` of the window."""
 
     status: str = M.STABLE
@@ -214,12 +215,15 @@ class StabilityMonitor:
         self.last_loss_ratio = ratio
         if step > self.thresholds.min_steps:
             self.max_loss_ratio = max(self.max_loss_ratio, ratio)
-        reason = non_finite_problem(step, loss, grad_norm) or self._spike_problem(step, loss, ratio)
+        reason = non_finite_problem(step, loss, grad_norm)
         if reason:
             self._escalate(M.DIVERGED, reason, step)
+        elif problem := self._spike_problem(step, loss, ratio):
+            self._escalate(M.DIVERGED, *problem)
         return self.verdict
 
-    def _spike_problem(self, step: int, loss: float, ratio: float) -> str | None:
+    def _spike_problem(self, step: int, loss: float, ratio: float) -> tuple[str, int] | None:
+        """(reason, the step where the trouble began) when the spike rules call divergence, or None."""
         t = self.thresholds
         if is_spike(step, loss, ratio, self.window, t):
             self.run_length += 1
@@ -237,13 +241,16 @@ class StabilityMonitor:
         self.high_length = self.high_length + 1 if loss > self.ceiling else 0
         if self.run_length >= t.spike_patience:
             return (f"loss spike persisted {self.run_length} steps to step {step} (loss {loss:.4g}, ratio "
-                    f"{ratio:.2f} > {t.loss_ratio_max:g}, minimum so far {self.ratios.min_loss:.4g})")
+                    f"{ratio:.2f} > {t.loss_ratio_max:g}, minimum so far {self.ratios.min_loss:.4g})",
+                    step - self.run_length + 1)
         if self.episode is not None and step - self.episode[0] >= t.spike_recovery_steps:
             return (f"loss spike at step {self.episode[0]} not recovered within {t.spike_recovery_steps} steps "
-                    f"(loss {loss:.4g} at step {step}, trailing mean before it {self.episode[1]:.4g})")
+                    f"(loss {loss:.4g} at step {step}, trailing mean before it {self.episode[1]:.4g})",
+                    self.episode[0])
         if self.high_length >= t.spike_patience:
             return (f"loss above ln(vocab) + {t.loss_ceiling_margin:g} = {self.ceiling:.3g} for "
-                    f"{self.high_length} steps to step {step} (loss {loss:.4g}): worse than an untrained model")
+                    f"{self.high_length} steps to step {step} (loss {loss:.4g}): worse than an untrained model",
+                    step - self.high_length + 1)
         return None
 
     def observe_val(self, step: int, val_loss: float, se: float | None = None, last: bool = False) -> Verdict:

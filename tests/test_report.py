@@ -48,3 +48,12 @@ def test_plots_are_written_with_and_without_a_choice(tmp_path):
     probe.curve = [[4, 30.0, 1.0], [8, 25.0, 1.01]]
     assert [p.name for p in write_plots([probe], spec, Probe(8, 16), tmp_path)] == ["probes.png", "schedule.png"]
     assert [p.name for p in write_plots([probe], spec, None, tmp_path / "none")] == ["probes.png"]
+
+
+def test_recovered_spikes_are_shown_per_probe():
+    quiet, spiky = probe_result(Probe(8, 16), M.STABLE), probe_result(Probe(8, 64), M.STABLE)
+    spiky.spike_count, spiky.spike_max_ratio, spiky.spike_step = 2, 1.934, 11
+    r = report([quiet, spiky], Probe(8, 16), M.OUTCOME_DONE)
+    assert [t["spike_count"] for t in r["trials"]] == [0, 2] and r["trials"][1]["spike_step"] == 11
+    text = report_markdown(r)
+    assert "| spikes |" in text and "| 2 (largest x1.93 at step 11) |" in text

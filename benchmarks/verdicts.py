@@ -38,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,9 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     # each run trains on one torch thread (resources.cpus_per_worker = 1): one process per core
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for row in pool.map(run_one_timed, jobs):
+        for future in as_completed([pool.submit(run_one_timed, job) for job in jobs]):
+            row = future.result()
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "evals")}), flush=True)
+            if args.out:  # as they come: a run cut short keeps what it measured (--replay reads it)
+                with open(f"{args.out}.rows.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
     summary = summarize(rows, configs, args.seeds)
     summary.update(data=args.data, vocab_size=vocab_of(spec), run_steps=args.run_steps, probe_steps=spec.probe_steps(),
                    wall_s=round(time.time() - t0), cpu_s=round(sum(r["cpu_s"] for r in rows)), workers=args.workers,

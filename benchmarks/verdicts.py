@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--configs must name some of {[c.name for c in CONFIGS]} and --seeds be >= 1")
     spec = base_spec(args.data, args.run_steps, args.set)
     load0, t0 = os.getloadavg()[0], time.time()
-    jobs = [(spec, config, spec.seed + i, args.device) for config in configs for i in range(args.seeds)]
+    # seed-major: every configuration's first seed comes first, so a run cut short still spans them all
+    jobs = [(spec, config, spec.seed + i, args.device) for i in range(args.seeds) for config in configs]
     rows = []
     # each run trains on one torch thread (resources.cpus_per_worker = 1): one process per core
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -38,7 +38,7 @@ def test_a_run_that_ends_above_its_first_loss_or_non_finite_blew_up():
 
 
 def test_a_run_far_above_its_lowest_at_the_end_blew_up():
-    losses = falling(end=3.0) + [5.0] * 10  # still below the first loss, but 1.67x its lowest
+    losses = falling(end=3.0) + [6.0] * 10  # still below the first loss, but ~1.8x its lowest
     trains, why = vb.outcome(losses)
     assert not trains and "its lowest" in why
 

@@ -124,9 +124,11 @@ def slw_spec(spec: JobSpec, start: int, duration: int, step_size: int = 8) -> Jo
 
 
 def full_run_spec(spec: JobSpec) -> JobSpec:
-    """A full run trains to its budget: only a true divergence (ratio > 100, non-finite) ends it early."""
+    """A full run trains to its budget: only a true divergence (ratio > 100 persisting, non-finite)
+    ends it early; the loss ceiling is off."""
     data = spec.to_dict()
     data["tuning"]["stability"]["loss_ratio_max"] = NO_RATIO_STOP
+    data["tuning"]["stability"]["loss_ceiling_margin"] = None
     return JobSpec.model_validate(data)
 
 

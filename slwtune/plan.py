@@ -98,6 +98,30 @@ def planned_model_config(spec: JobSpec, vocab: int):
     return config_from_spec(spec, vocab)
 
 
+# Spread (nats) of the evaluation's batch means, scaled to one sequence (batch SD x sqrt(batch size)),
+# measured on the demo GPT in its probe window (docs/results.md, "Verdicts"): the evaluation's standard
+# error is about this / sqrt(eval sequences). A plan-time estimate: the run reports its own (val/loss_se).
+SEQUENCE_LOSS_SD = 0.40
+
+
+def eval_noise(spec: JobSpec) -> dict:
+    """How noisy one evaluation is against the fluctuation tolerance, and how large it should be.
+
+    A rise counts only above both ln(1 + ppl_rise_tolerance) and val_se_sigmas x the combined
+    standard error of two evaluations (sqrt(2) x one's). The evaluation is large enough when its
+    standard error is at most half the tolerance (in nats): then the noise bar is within ~1.4x
+    the tolerance at the default 2 standard errors, and a rise the size of a few tolerances is
+    never noise."""
+    t = spec.tuning.stability
+    sequences = spec.run.eval_batches * (spec.run.eval_batch_size or spec.data.batch_size)
+    se = SEQUENCE_LOSS_SD / math.sqrt(sequences)
+    tolerance = math.log1p(t.ppl_rise_tolerance)
+    target_se = tolerance / 2
+    needed = math.ceil((SEQUENCE_LOSS_SD / target_se) ** 2) if tolerance > 0 else 1
+    return {"eval_sequences": sequences, "eval_se_estimate": se, "eval_se_target": target_se,
+            "eval_sequences_needed": needed, "eval_large_enough": sequences >= needed}
+
+
 def make_plan(spec: JobSpec) -> dict:
     """The plan as a JSON-ready dict: probes, tuning cost, full-run cost and their ratios."""
     from slwtune.model import flops_per_token
@@ -136,6 +160,7 @@ def make_plan(spec: JobSpec) -> dict:
         "tuning_flops_fraction": (trials * probe_flops + control_tokens * flops_fn(spec.slw.full_length)) / full_flops,
         "vocab_size": vocab,
         "vocab_source": vocab_source,
+        **eval_noise(spec),
         "note": "upper bound without start-length doublings; each doubling adds up to one more search",
         **race,
     }
@@ -164,6 +189,11 @@ def format_plan(plan: dict) -> str:
         f"off: {plan['control_tokens']:,} tokens)",
         f"full run        {plan['full_run_tokens']:,} tokens, {plan['full_run_flops']:.3g} FLOPs",
         f"vocabulary      {plan['vocab_size']:,} tokens, from {plan['vocab_source']}",
+        f"evaluation      {plan['eval_sequences']:,} sequences: standard error ~{plan['eval_se_estimate']:.3f} nats; "
+        f"the fluctuation rule wants <= {plan['eval_se_target']:.3f} (half the tolerance), i.e. >= "
+        f"{plan['eval_sequences_needed']:,} "
+        f"sequences (run.eval_batches x run.eval_batch_size)"
+        + ("" if plan["eval_large_enough"] else ": too small, rises within its noise are ignored, raise it"),
         f"tuning/full     {plan['tuning_fraction']:.2%} of the tokens over a {plan['probe_steps']}-step window "
         f"({plan['tuning_flops_fraction']:.2%} of the "
         f"FLOPs); net of the reused winning probe {plan['net_tuning_fraction']:.2%}",

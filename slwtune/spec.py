@@ -153,14 +153,34 @@ class RunSpec(_Section):
 
 
 class StabilitySpec(_Section):
-    """Thresholds of the stability verdict (see `slwtune.stability`)."""
+    """Thresholds of the stability verdict (see `slwtune.stability`; the defaults are measured in
+    docs/results.md, "Verdicts")."""
 
     loss_ratio_max: float = Field(
-        1.5, gt=1.0, le=100.0, description="train loss / min earlier loss above this: diverged")
+        1.5, gt=1.0, le=100.0, description="a spike: train loss / min earlier loss above this (and above the "
+                                           "trailing window's mean + spike_sigmas x its spread)")
+    spike_window: int = Field(
+        20, ge=2, le=100_000, description="trailing window (steps) whose mean and spread judge a spike")
+    spike_sigmas: float = Field(
+        3.0, ge=0.0, le=100.0, description="a spike: loss above the window's mean + this x its standard deviation")
+    spike_patience: int = Field(
+        5, ge=1, le=100_000, description="this many consecutive spiking steps: diverged")
+    spike_recovery_steps: int = Field(
+        25, ge=1, le=10_000_000, description="a spike not back to its window's mean within this many steps: "
+                                             "diverged")
+    loss_ceiling_margin: float | None = Field(
+        1.0, ge=0.0, le=1000.0, description="spike_patience consecutive losses above ln(vocab) + this "
+                                            "(worse than an untrained model): diverged; null: off")
     ppl_rise_tolerance: float = Field(
-        0.05, ge=0.0, le=10.0, description="val ppl above (1+tol) x best earlier: fluctuating"
+        0.05, ge=0.0, le=10.0, description="a rise: val ppl above (1+tol) x best earlier"
     )
-    min_steps: int = Field(0, ge=0, le=10_000_000, description="loss ratios before this step are ignored")
+    val_se_sigmas: float = Field(
+        2.0, ge=0.0, le=100.0, description="a rise must also exceed this x the combined standard error of the "
+                                           "two evaluations")
+    fluctuation_patience: int = Field(
+        2, ge=1, le=1000, description="this many consecutive risen evaluations (or one at the run's end): "
+                                      "fluctuating")
+    min_steps: int = Field(0, ge=0, le=10_000_000, description="no spike is counted up to this step")
     early_fraction: float = Field(0.25, gt=0.0, le=1.0, description="share of the probe that counts as early")
 
 

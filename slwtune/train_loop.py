@@ -163,7 +163,7 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
     optimizer = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps,
                                     spec.optim.weight_decay, fused=device.type == "cuda" or None)
     pacing, lr_at = make_pacing(spec.slw), lr_schedule_from_spec(spec)
-    monitor = StabilityMonitor(spec.tuning.stability, options.max_steps or spec.probe_steps())
+    monitor = StabilityMonitor(spec.tuning.stability, options.max_steps or spec.probe_steps(), meta.vocab_size)
 
     # 2) restore: Ray's own checkpoint (a restarted run) wins over an init checkpoint (a reused probe)
     state = TrainState()
@@ -238,7 +238,8 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
                 row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, M.perplexity(val_loss)
                 if math.isfinite(val_se):
                     row[M.VAL_LOSS_SE] = val_se
-                verdict = monitor.observe_val(state.step, val_loss)
+                verdict = monitor.observe_val(state.step, val_loss, val_se, last=finished)
+            row[M.SPIKE_COUNT] = monitor.spike_count  # recovered spikes too: MLflow and the report show them
             finished = finished or should_stop(verdict, options)
             state.monitor = monitor.state_dict()
             last = report_row(row, state, verdict, monitor, finished, time.time() - start_time)
@@ -290,6 +291,7 @@ def report_row(row: dict, state: TrainState, verdict, monitor, done: bool, wall_
                 M.DONE: done, M.MAX_LOSS_RATIO: M.finite(monitor.max_loss_ratio),
                 M.BEST_VAL_PPL: M.finite(monitor.best_val_ppl), M.WALL_S: wall_s,
                 M.EARLY: bool(verdict.early)})
+    out.update({k: M.finite(v) for k, v in monitor.summary().items()})
     return out
 
 

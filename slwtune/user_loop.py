@@ -157,7 +157,7 @@ class TrainContext:
         loss, val_loss, grad_norm = self._reduce(step, loss, val_loss, grad_norm)
         verdict = self.monitor.observe_train(step, loss, grad_norm)
         if val_loss is not None:
-            verdict = self.monitor.observe_val(step, val_loss)
+            verdict = self.monitor.observe_val(step, val_loss, last=self.is_last_step(step, tokens))
         self._state = TrainState(step=step, tokens=tokens, monitor=self.monitor.state_dict())
         self.should_stop = should_stop(verdict, self.options) or self.is_last_step(step, tokens)
         self._row = self._metrics(step, tokens, loss, val_loss, grad_norm, lr, seqlen)

@@ -1,5 +1,7 @@
 """`slwtune plan` builds the model the training loop would: same config function, same vocabulary."""
 
+import math
+
 import pytest
 
 from slwtune.data import prepare_dataset
@@ -42,3 +44,25 @@ def test_plan_of_an_hf_model_costs_what_the_same_gpt_costs():
     hf = make_plan(load_spec("shakespeare-tiny", sizes + ["model.family=hf", "model.architecture=gpt2"]))
     assert hf["tuning_flops"] == pytest.approx(gpt["tuning_flops"], rel=1e-9)
     assert hf["full_run_flops"] == pytest.approx(gpt["full_run_flops"], rel=1e-9)
+
+
+def test_plan_says_how_large_the_evaluation_must_be():
+    from slwtune.plan import SEQUENCE_LOSS_SD, eval_noise, format_plan, make_plan
+
+    small = load_spec("shakespeare-tiny", ["run.eval_batches=1", "run.eval_batch_size=4"])
+    noise = eval_noise(small)
+    assert noise["eval_sequences"] == 4 and not noise["eval_large_enough"]
+    assert noise["eval_se_estimate"] == SEQUENCE_LOSS_SD / 2
+    # at the needed size the standard error is at most half the 5% tolerance (in nats), one fewer is not
+    needed = noise["eval_sequences_needed"]
+    assert SEQUENCE_LOSS_SD / math.sqrt(needed) <= math.log(1.05) / 2 < SEQUENCE_LOSS_SD / math.sqrt(needed - 1)
+    assert "too small" in format_plan(make_plan(small))
+    looser = load_spec("shakespeare-tiny", ["tuning.stability.ppl_rise_tolerance=0.2"])
+    assert eval_noise(looser)["eval_sequences_needed"] < needed
+
+
+def test_presets_evaluate_enough_for_the_fluctuation_rule():
+    from slwtune.plan import eval_noise
+
+    for name in ("shakespeare-demo", "gpt2-117m", "gpt3-125m", "gpt2-1.5b"):
+        assert eval_noise(load_spec(name))["eval_large_enough"], name

@@ -79,3 +79,11 @@ def test_the_decision_section_says_which_arm_why_where_and_what_the_race_cost(tm
     spec = load_spec("shakespeare-tiny")
     names = [p.name for p in write_plots(probes, spec, Probe(8, 16), tmp_path, decision=d)]
     assert names == ["probes.png", "race.png", "schedule.png"]
+
+def test_recovered_spikes_are_shown_per_probe():
+    quiet, spiky = probe_result(Probe(8, 16), M.STABLE), probe_result(Probe(8, 64), M.STABLE)
+    spiky.spike_count, spiky.spike_max_ratio, spiky.spike_step = 2, 1.934, 11
+    r = report([quiet, spiky], Probe(8, 16), M.OUTCOME_DONE)
+    assert [t["spike_count"] for t in r["trials"]] == [0, 2] and r["trials"][1]["spike_step"] == 11
+    text = report_markdown(r)
+    assert "| spikes |" in text and "| 2 (largest x1.93 at step 11) |" in text

@@ -70,11 +70,15 @@ def test_tiny_job_end_to_end(local_ray, tmp_path, monkeypatch):
 def test_unstable_corner_is_pruned_and_others_go_on(local_ray, tmp_path, monkeypatch):
     # At a high LR, a very long T keeps training at length 8 and the full-length val ppl rises
     # (the paper's "too large T overfits short sequences"): that corner is pruned as fluctuating.
+    # Here the rise is one evaluation (+13%, 3.5 standard errors at step 24, measured in-process),
+    # which the default rule lets recover (fluctuation_patience 2); this test is about the pruning
+    # machinery, so it asks for one rise.
     monkeypatch.setenv("SLWTUNE_STORAGE", str(tmp_path / "ray"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = load_spec("shakespeare-tiny", [
         f"tracking.tracking_uri={uri}", "optim.lr=0.03", "tuning.strategy=grid", "tuning.start_lengths=[8]",
-        "tuning.durations=[16,1000]", "tuning.duration_max=1000", "tuning.probe_steps=40"])
+        "tuning.durations=[16,1000]", "tuning.duration_max=1000", "tuning.probe_steps=40",
+        "tuning.stability.fluctuation_patience=1"])
     report = run_job(spec, tmp_path / "out", job_id="e2e2", full_run=False)
     by_t = {t["duration_steps"]: t for t in report["trials"]}
     assert by_t[1000]["verdict"] == "fluctuating" and "val ppl" in by_t[1000]["reason"]

@@ -110,7 +110,8 @@ def test_a_rising_val_ppl_stops_a_probe_as_fluctuating():
         assert not ctx.report(step=step, tokens=step * 100, loss=2.0, val_loss=2.0 if step == 4 else None)
     for step in range(5, 8):
         assert not ctx.report(step=step, tokens=step * 100, loss=2.0)
-    assert ctx.report(step=8, tokens=800, loss=2.0, val_loss=2.5)  # ppl up 65% > 5%
+    assert not ctx.report(step=8, tokens=800, loss=2.0, val_loss=2.5)  # ppl up 65% > 5%: once is not yet
+    assert ctx.report(step=9, tokens=900, loss=2.0, val_loss=2.5)  # twice in a row: fluctuating
     last = session.reports[-1]
     assert last[M.VERDICT] == M.FLUCTUATING and last[M.DONE] and "val ppl" in last[M.REASON]
     assert last[M.VERDICT_CODE] == M.VERDICT_CODES[M.FLUCTUATING]
@@ -121,20 +122,24 @@ def test_the_full_run_goes_on_when_fluctuating_but_stops_when_diverged():
     ctx = TrainContext(spec_for(), RunOptions(), session)  # full run: stop_when_unstable off
     assert not ctx.report(step=4, tokens=400, loss=2.0, val_loss=2.0)
     assert not ctx.report(step=8, tokens=800, loss=2.0, val_loss=2.5)
+    assert not ctx.report(step=9, tokens=900, loss=2.0, val_loss=2.5)
     assert session.reports[-1][M.VERDICT] == M.FLUCTUATING and not ctx.should_stop
-    assert ctx.report(step=9, tokens=900, loss=math.nan)  # not an eval step: the stop is still reported
+    assert ctx.report(step=10, tokens=1000, loss=math.nan)  # not an eval step: the stop is still reported
     last = session.reports[-1]
-    assert last[M.STEP] == 9 and last[M.VERDICT] == M.DIVERGED and "non-finite" in last[M.REASON]
+    assert last[M.STEP] == 10 and last[M.VERDICT] == M.DIVERGED and "non-finite" in last[M.REASON]
     assert last[M.TRAIN_LOSS] == M.NONFINITE_STANDIN  # reports stay finite; the verdict says why
 
 
-def test_a_loss_spike_diverges_a_probe_at_once():
+def test_a_loss_spike_that_persists_diverges_a_probe():
     session = LocalSession()
     ctx = probe_ctx(session=session)
     assert not ctx.report(step=1, tokens=100, loss=2.0)
-    assert ctx.report(step=2, tokens=200, loss=4.0, grad_norm=9.0)  # ratio 2 > 1.5
+    for step in range(2, 6):  # ratio 2 > 1.5, four steps in a row: a spike, not yet a divergence
+        assert not ctx.report(step=step, tokens=step * 100, loss=4.0, grad_norm=9.0)
+    assert ctx.report(step=6, tokens=600, loss=4.0, grad_norm=9.0)  # the fifth (spike_patience)
     last = session.reports[-1]
     assert last[M.VERDICT] == M.DIVERGED and last[M.EARLY] and last[M.MAX_LOSS_RATIO] == 2.0
+    assert last[M.SPIKE_COUNT] == 1 and last[M.SPIKE_STEP] == 2
     assert last[M.TRAIN_GRAD_NORM] == 9.0
 
 
@@ -151,7 +156,7 @@ def test_the_token_budget_ends_the_full_run():
 def test_a_report_after_the_stop_raises_stop_training():
     ctx = probe_ctx()
     ctx.report(step=1, tokens=100, loss=2.0)
-    assert ctx.report(step=2, tokens=200, loss=5.0)
+    assert ctx.report(step=2, tokens=200, loss=math.nan)  # diverged at once: the run stops
     with pytest.raises(StopTraining, match="stop at step 2"):
         ctx.report(step=3, tokens=300, loss=2.0)
 
@@ -186,7 +191,9 @@ def test_checkpoints_carry_the_verdict_and_a_resumed_run_keeps_it(tmp_path):
     assert resumed.resume_from == str(kept)
     assert resumed.monitor.best_val_ppl == pytest.approx(M.perplexity(2.0))  # the verdict goes on from there
     resumed.report(step=8, tokens=800, loss=1.9, val_loss=2.5)
+    resumed.report(step=9, tokens=900, loss=1.9, val_loss=2.5)  # risen twice against the restored best
     assert resumed.monitor.verdict.status == M.FLUCTUATING
+    assert resumed.monitor.verdict.reason.startswith(f"val ppl {M.perplexity(2.5):.1f} at step 8")
 
 
 def test_init_checkpoint_is_the_resume_point_when_ray_has_none(tmp_path):

@@ -26,7 +26,7 @@ from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning import race as R
 from slwtune.tuning.report import SLW_NOT_NEEDED, compare_with_control
 from slwtune.tuning.strategies import Probe, make_search
-from slwtune.tuning.tune_glue import CURVE_COLUMNS, ProbeResult
+from slwtune.tuning.tune_glue import CURVE_COLUMNS, ProbeResult, spike_fields
 
 __all__ = ["CPU_S", "LocalTuning", "StepRecorder", "probe_spec", "run_probe", "tune_locally"]
 
@@ -161,7 +161,7 @@ def run_probe(spec: JobSpec, probe: Probe, *, round_index: int, device: str = "c
         final_val_ppl=_num(last.get(M.VAL_PPL)), max_loss_ratio=_num(last.get(M.MAX_LOSS_RATIO)),
         steps=int(last.get(M.STEP) or 0), tokens=int(last.get(M.TRAIN_TOKENS) or 0), wall_s=wall,
         checkpoint=session.checkpoints[-1] if session.checkpoints else None, trial_id="",
-        round=round_index, curve=[_curve_row(r) for r in session.reports], slw=probe.slw)
+        round=round_index, curve=[_curve_row(r) for r in session.reports], slw=probe.slw, **spike_fields(last))
 
 
 def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local",

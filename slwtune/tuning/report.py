@@ -144,11 +144,11 @@ def report_markdown(report: dict) -> str:
     lines += ["", f"Tuning cost: {report['tuning_tokens']:,} tokens = {report['tuning_fraction']:.1%} of the "
               f"full run ({report['full_run_tokens']:,}); net of the reused winning probe: "
               f"{report['net_tuning_fraction']:.1%}.", "",
-              "| round | start | T | verdict | val ppl | max loss ratio | steps | tokens | wall s | reason |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| round | start | T | verdict | val ppl | max loss ratio | spikes | steps | tokens | wall s | reason |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in report["trials"]:
         lines.append(f"| {t['round']} | {t['start_length']} | {t['duration_steps']} | {t['verdict']} | "
-                     f"{_fmt(t['final_val_ppl'])} | {_fmt(t['max_loss_ratio'], '.3f')} | {t['steps']} | "
+                     f"{_fmt(t['final_val_ppl'])} | {_fmt(t['max_loss_ratio'], '.3f')} | {_spikes(t)} | {t['steps']} | "
                      f"{t['tokens']:,} | {t['wall_s']:.0f} | {t['reason'] or ''} |")
     lines += decision_markdown(report.get("decision"))
     control = report.get("control")
@@ -197,6 +197,14 @@ def decision_markdown(decision: dict | None) -> list[str]:
               f"{_fmt(a['curve'][-1][1] if a['curve'] else None, '.3f')} |" for name, a in decision["arms"].items()]]
 
 
+def _spikes(trial: dict) -> str:
+    """'2 (largest x1.93 at step 11)': the loss spikes a run recovered from (or died of)."""
+    count = trial.get("spike_count") or 0
+    if not count:
+        return "0"
+    return f"{count} (largest x{_fmt(trial.get('spike_max_ratio'), '.2f')} at step {trial.get('spike_step')})"
+
+
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / "report.json", out_dir / "report.md"
@@ -223,8 +231,10 @@ def write_plots(probes: list, spec, chosen, out_dir: Path, decision: dict | None
         if curve and len(curve[0]) >= 3:
             ax1.plot([c[0] for c in curve], [c[1] for c in curve], style, label=label)
             ax2.plot([c[0] for c in curve], [c[2] for c in curve], style, label=label)
+        if getattr(p, "spike_count", 0) and p.spike_step and p.spike_max_ratio:  # the largest spike, recovered or not
+            ax2.plot([p.spike_step], [p.spike_max_ratio], "x", color="red")
     ax1.set(title="probe validation perplexity (full length)", xlabel="step", ylabel="val ppl", yscale="log")
-    ax2.set(title="training loss ratio (loss / min earlier loss)", xlabel="step", ylabel="ratio")
+    ax2.set(title="training loss ratio (loss / min earlier loss; x: largest spike)", xlabel="step", ylabel="ratio")
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend(fontsize=7)
     fig.tight_layout()

@@ -102,6 +102,9 @@ class ProbeResult:
     curve: list = None  # [(step, val_ppl, loss_ratio, tokens)] of every report, for plots and comparisons
     slw: bool = True     # False for the control probe
     mlflow_unsent: int = 0  # metrics MLflow never took (in the job folder's metrics/)
+    spike_count: int = 0    # loss spikes seen, recovered ones included (slwtune.stability)
+    spike_max_ratio: float | None = None  # the largest spike's loss ratio
+    spike_step: int | None = None         # where it was
 
     @property
     def probe(self) -> Probe:
@@ -142,8 +145,15 @@ def result_to_probe(result, round_index: int) -> ProbeResult:
         checkpoint=with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage")),
         trial_id=str(metrics.get("trial_id", "")),
         round=round_index, curve=_curve(result), slw=bool(config.get("slw", True)),
-        mlflow_unsent=int(metrics.get(M.MLFLOW_UNSENT) or 0),
+        mlflow_unsent=int(metrics.get(M.MLFLOW_UNSENT) or 0), **spike_fields(metrics),
     )
+
+
+def spike_fields(report: dict) -> dict:
+    """The ProbeResult spike fields from a run's last report (None where there was no spike)."""
+    count = int(report.get(M.SPIKE_COUNT) or 0)
+    return {"spike_count": count, "spike_max_ratio": _num(report, M.SPIKE_MAX_RATIO) if count else None,
+            "spike_step": int(report.get(M.SPIKE_STEP) or 0) or None}
 
 
 def with_storage_scheme(path: str | None, storage: str | None) -> str | None:

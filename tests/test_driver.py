@@ -261,3 +261,14 @@ def test_a_job_finishes_with_a_warning_when_mlflow_is_down(fake, tmp_path, monke
     assert report["outcome"] == M.OUTCOME_DONE and report["chosen"] is not None
     assert report["warnings"] and all("MLflow unavailable" in w for w in report["warnings"])
     assert report["mlflow_parent_run_id"] is None
+
+
+def test_cli_tune_exits_4_naming_an_entrypoint_it_cannot_import(tmp_path, capsys):
+    # invalid input, not a tuning result: exit 2 would read as "no stable configuration"
+    code = main(["tune", "shakespeare-tiny", "--set", "model.entrypoint=no_such_pkg_xyz.loop:train",
+                 "--out", str(tmp_path)])
+    assert code == M.EXIT_INVALID
+    from service.jobs.results import cli_error
+
+    said = cli_error(capsys.readouterr().err)  # what the service reads from the driver's log
+    assert said.startswith("invalid job spec: model.entrypoint='no_such_pkg_xyz.loop:train': cannot import")

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from slwtune import metrics as M
 from slwtune.cli import main
 from slwtune.plan import make_plan, planned_probes
 from slwtune.spec import list_presets, load_spec
@@ -74,7 +75,7 @@ def test_plan_json_cli(capsys):
 
 
 def test_validate_cli_reports_bad_override(capsys):
-    assert main(["validate", "shakespeare-tiny", "--set", "slw.start_length=12"]) == 2
+    assert main(["validate", "shakespeare-tiny", "--set", "slw.start_length=12"]) == M.EXIT_INVALID
     err = capsys.readouterr().err
     assert "slw.start_length=12" in err
 

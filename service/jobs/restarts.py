@@ -1,9 +1,10 @@
 """A job whose driver is gone without saying how the job ended is resubmitted, up to a limit.
 
 The driver ends every job with one of slwtune's exit codes (M.EXIT_*: 0 done, 1 the full run
-failed, 2 nothing stable, 3 infrastructure). Any other end means the driver was lost: killed
-(a signal, the OOM killer), its supervisor or node gone, stopped in Ray behind this service's
-back, or forgotten by a Ray head that restarted without GCS fault tolerance. Such a job is
+failed, 2 nothing stable, 3 infrastructure, 4 invalid input). Any other end means the driver was
+lost: killed (a signal, the OOM killer), its supervisor or node gone, or forgotten by a Ray head
+that restarted without GCS fault tolerance. A driver stopped in Ray (`ray job stop`, the
+dashboard) was stopped on purpose: the job is `cancelled`, whoever asked, never restarted. Such a job is
 submitted again as `slwtune tune --resume <job folder>/out` under a new Ray submission id
 (`<job id>-r<n>`): the driver reads job.json, does not rerun finished probe rounds, and Ray
 Train resumes the full run from its last checkpoint. Each restart is kept in the row's
@@ -35,12 +36,11 @@ from service.ray_jobs import RayJobInfo
 log = logging.getLogger("slwtune.service")
 
 # A driver that exited with one of these said how the job ended: never restarted.
-OUTCOME_EXITS = frozenset({M.EXIT_OK, M.EXIT_RUN_FAILED, M.EXIT_NONE_STABLE, M.EXIT_INFRA})
+OUTCOME_EXITS = frozenset({M.EXIT_OK, M.EXIT_RUN_FAILED, M.EXIT_NONE_STABLE, M.EXIT_INFRA, M.EXIT_INVALID})
 # Ray could not start the driver at all: a restart would fail the same way.
 CANNOT_START = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
                           "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_ENTRYPOINT_COMMAND_START_ERROR"})
 NO_RECORD = "Ray has no record of the job's driver (was the Ray head restarted?)"
-STOPPED_IN_RAY = "Ray stopped the driver, but not on a cancel from this service"
 PROBE_KINDS = frozenset({M.KIND_PROBE, M.KIND_CONTROL})
 STATE_FILE = "job.json"  # slwtune.job.STATE_FILE (that module imports torch; the API does not)
 
@@ -68,8 +68,6 @@ def lost_reason(row: JobRow, info: RayJobInfo | None) -> str | None:
     """
     if info is None:
         return NO_RECORD if row.ray_submission_id else None
-    if info.status == "STOPPED" and not row.cancel_requested:
-        return STOPPED_IN_RAY
     if (info.status == "FAILED" and info.driver_exit_code not in OUTCOME_EXITS
             and info.error_type not in CANNOT_START):
         return describe_exit(info)

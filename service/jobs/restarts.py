@@ -6,8 +6,9 @@ lost: killed (a signal, the OOM killer), its supervisor or node gone, or forgott
 that restarted without GCS fault tolerance. A driver stopped in Ray (`ray job stop`, the
 dashboard) was stopped on purpose: the job is `cancelled`, whoever asked, never restarted. Such a job is
 submitted again as `slwtune tune --resume <job folder>/out` under a new Ray submission id
-(`<job id>-r<n>`): the driver reads job.json, does not rerun finished probe rounds, and Ray
-Train resumes the full run from its last checkpoint. Each restart is kept in the row's
+(`<job id>-r<n>`): the driver reads job.json, does not rerun finished probes, and the probes that
+were training and the full run go on from their last checkpoints (Ray Train resumes a run of the
+same name), in their own MLflow runs. Each restart is kept in the row's
 `restarts` (when, why, the new submission id); past `SLWTUNE_MAX_DRIVER_RESTARTS` the job fails
 with the last reason.
 
@@ -146,7 +147,7 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
             return
     log.warning("job %s: driver lost (%s); resubmitted as %s%s", row.id, reason, new_id,
                 " with --resume" if resumed else " from the start")
-    if resumed:  # the killed driver's unfinished probes are run again under new runs: close the old ones
+    if resumed:  # until the resumed driver reopens them, the killed driver's probe runs are not running
         _close_orphaned_probes(row, b)
     else:  # a fresh driver makes a new parent run; the old one stays behind as KILLED
         _forget_parent_run(row, b)
@@ -155,7 +156,8 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
 
 def _close_orphaned_probes(row: JobRow, b: Backends) -> None:
     """Probe runs the lost driver left RUNNING end as KILLED, so the MLflow UI does not show them running
-    forever. The full run's run is left alone: the resumed driver goes on logging to it."""
+    while no driver runs them; the resumed driver sets those it goes on with RUNNING again. The full
+    run's run is left alone: the resumed driver goes on logging to it."""
     if not row.mlflow_parent_run_id or not row.mlflow_experiment_id:
         return
     try:

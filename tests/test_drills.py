@@ -3,8 +3,8 @@ process by its own PID or stopping a server (docs/reliability.md gives the figur
 
 One stack serves every drill, and one job takes five faults in turn, each in its own stretch of
 the job so that they do not mask each other:
-1. the job driver is SIGKILLed while round 2's second probe trains past a checkpoint (round 1 and
-   round 2's first probe are in job.json): the API sees the lost driver and resubmits it with
+1. the job driver is SIGKILLed while round 1's second probe trains past a checkpoint (the first
+   probe has ended and is in job.json): the API sees the lost driver and resubmits it with
    `slwtune tune --resume`; no finished probe runs again, and the killed probe goes on from its
    checkpoint in its own Train run and MLflow run (each knob pair shows once in the trial list);
 2. the API is SIGKILLed once the resumed driver probes again, and started again once the full
@@ -20,9 +20,9 @@ the job so that they do not mask each other:
    because a worker killed while MLflow is down takes its unsent metrics with it).
 Before it, an API whose Ray is unreachable refuses a submit with 503 and writes nothing.
 
-Sized to fit `make test` on 2 cores: a tiny GPT, a search of two rounds of two probes run one at
-a time, no control probe, a full run of a few minutes so that two faults and the MLflow outage
-can land inside it. Timings and figures are printed
+Sized to fit `make test` on 2 cores: a tiny GPT, a search of rounds of two probes run one at a
+time (one or two rounds, as the search decides), no control probe, a full run of a few minutes so
+that two faults and the MLflow outage can land inside it. Timings and figures are printed
 (`pytest -s`) and written as JSON to $SLWTUNE_DRILL_FIGURES when set.
 """
 
@@ -166,12 +166,13 @@ def full_run_steps(stack: Stack, submission_id: str) -> list[int]:
     return [int(s) for s in FULL_RUN_STEP.findall(stack.ray_logs(submission_id))]
 
 
-def round_2_probes(state: Path) -> dict:
-    """Round 2's probes in the job's journal (job.json `probes`): key -> entry."""
-    if not state.exists():
+def round_1_probes(state: Path) -> dict:
+    """Round 1's probes in the job's journal (job.json `probes`): key -> entry."""
+    try:
+        probes = json.loads(state.read_text()).get("probes", {})
+    except (OSError, ValueError):  # not written yet
         return {}
-    probes = json.loads(state.read_text()).get("probes", {})
-    return {k: v for k, v in probes.items() if k.startswith("round2/attempt1/")}
+    return {k: v for k, v in probes.items() if k.startswith("round1/attempt1/")}
 
 
 def one_ended_one_past_a_checkpoint(probes: dict) -> bool:
@@ -181,26 +182,22 @@ def one_ended_one_past_a_checkpoint(probes: dict) -> bool:
 
 
 def kill_the_driver_mid_probe(stack: Stack, job_id: str, rec: dict) -> str:
-    """Fault 1: round 2's first probe has ended, its second trains past its first checkpoint.
+    """Fault 1: round 1's first probe has ended, its second trains past its first checkpoint.
     Returns the resumed driver's submission id."""
     state = stack.api.root / "jobs" / job_id / "out" / "job.json"
-    wait_for(lambda: json.loads(state.read_text())["rounds"] if state.exists() else [],
-             lambda rounds: len(rounds) >= 1, JOB_TIMEOUT_S, "round 1 in job.json")
-    rec["t_round1_done"] = time.time()
-    wait_for(lambda: round_2_probes(state), one_ended_one_past_a_checkpoint, 600,
-             "round 2's first probe to end and its second to pass a checkpoint", every=0.2)
+    wait_for(lambda: round_1_probes(state), one_ended_one_past_a_checkpoint, JOB_TIMEOUT_S,
+             "round 1's first probe to end and its second to pass a checkpoint", every=0.2)
     [pid] = wait_for(lambda: driver_pids(stack, job_id), lambda p: len(p) == 1, 30, "the driver's pid")
     kill_pid(pid)
     rec["t_driver_killed"] = time.time()
-    rec["journal_at_kill"] = round_2_probes(state)
-    if len(json.loads(state.read_text())["rounds"]) != 1 or not one_ended_one_past_a_checkpoint(
-            rec["journal_at_kill"]):
-        pytest.fail("round 2's second probe ended before the driver was killed: lengthen tuning.probe_steps")
+    rec["journal_at_kill"] = round_1_probes(state)
+    if json.loads(state.read_text())["rounds"] or not one_ended_one_past_a_checkpoint(rec["journal_at_kill"]):
+        pytest.fail("round 1's second probe ended before the driver was killed: lengthen tuning.probe_steps")
     job = wait_for(lambda: stack.job(job_id), lambda j: j["restarts"], 120, "the service to restart the driver")
     rec["t_driver_resubmitted"] = time.time()
     resumed = job["ray_submission_id"]
-    wait_for(lambda: stack.ray_logs(resumed), lambda text: "round 2: probing" in text, 300,
-             "the resumed driver to probe round 2")
+    wait_for(lambda: stack.ray_logs(resumed), lambda text: "round 1: probing" in text, 300,
+             "the resumed driver to probe round 1")
     rec["t_driver_probing_again"] = time.time()
     return resumed
 
@@ -219,7 +216,7 @@ def kill_a_train_worker_after_a_checkpoint(stack: Stack, submission: str, rec: d
 
 
 def kill_the_api_until_the_full_run(stack: Stack, job_id: str, resumed: str, rec: dict) -> None:
-    """Fault 2: the API dies while round 2 is probed again, and is started once the full run trains."""
+    """Fault 2: the API dies while the resumed driver probes again, and is started once the full run trains."""
     db = sqlite3.connect(stack.api.root / "registry.db")
     rec["phase_when_api_killed"] = db.execute("select phase from jobs where id = ?", (job_id,)).fetchone()[0]
     stack.api.kill()
@@ -321,16 +318,15 @@ def test_driver_killed_mid_probe_reruns_no_finished_probe_and_resumes_the_other(
     restart = view["restarts"][0]
     assert restart["resumed"] and restart["ray_submission_id"] == f"{rec['job_id']}-r1"
     assert "killed by SIGKILL" in restart["reason"]
-    # The resumed driver took round 1 and round 2's first probe from job.json.
-    assert [r["rounds_done"] for r in report["restarts"]][:1] == [1]
-    assert "round 1: finished before the restart, not rerun" in rec["driver_log"]
-    assert "round 2: 1 probe(s) finished before the restart, not rerun; 1 go on from their last checkpoint" \
+    # The resumed driver took round 1's first probe from job.json.
+    assert [r["rounds_done"] for r in report["restarts"]][:1] == [0]
+    assert "round 1: 1 probe(s) finished before the restart, not rerun; 1 go on from their last checkpoint" \
         in rec["driver_log"]
     # Each knob pair once, in the report and in the trial list (MLflow's runs).
     pairs = [(t["round"], t["start_length"], t["duration_steps"]) for t in report["trials"]]
     trials = [t for t in stack.job_trials(rec["job_id"]) if t["kind"] == M.KIND_PROBE]
     assert sorted((t["round"], t["start_length"], t["duration_steps"]) for t in trials) == sorted(pairs)
-    assert len(set(pairs)) == len(pairs) == 2 * DRILL["tuning.slots"]
+    assert len(set(pairs)) == len(pairs) >= DRILL["tuning.slots"]
     # Finished probes ran once: one Train run per probe, and no probe but the resumed one logged a step twice.
     runs = list((stack.ray.temp_dir / "ray_results").glob(f"{job_prefix(DRILL['name'], rec['job_id'])}probe-*"))
     assert len(runs) == len(pairs)
@@ -407,8 +403,9 @@ def test_driver_killed_mid_full_run_resumes_it_from_its_checkpoint(stack, faulty
     rec, report, view = faulty_job, faulty_job["report"], faulty_job["view"]
     second = view["restarts"][1]
     assert second["resumed"] and "killed by SIGKILL" in second["reason"]
-    assert [r["rounds_done"] for r in report["restarts"]] == [1, 2]  # no probe round ran again
-    assert "round 2: finished before the restart, not rerun" in rec["last_driver_log"]
+    rounds = max(t["round"] for t in report["trials"])
+    assert [r["rounds_done"] for r in report["restarts"]] == [0, rounds]  # no probe round ran again
+    assert f"round {rounds}: finished before the restart, not rerun" in rec["last_driver_log"]
     steps = [m.step for m in full_run_history(stack, rec, M.TRAIN_LOSS)]
     _, (before, resumed_from) = restarts_in(steps)
     assert resumed_from >= rec["driver2_killed_after_step"] - CHECKPOINT_EVERY - LOG_EVERY

@@ -323,3 +323,13 @@ def test_cli_tune_exits_4_naming_an_entrypoint_it_cannot_import(tmp_path, capsys
 
     said = cli_error(capsys.readouterr().err)  # what the service reads from the driver's log
     assert said.startswith("invalid job spec: model.entrypoint='no_such_pkg_xyz.loop:train': cannot import")
+
+
+def test_help_lists_one_meaning_per_exit_code():
+    from slwtune.cli import build_parser
+
+    lines = [line.split(None, 1) for line in build_parser().epilog.splitlines()[1:] if line.strip()]
+    codes = [int(code) for code, _ in lines]
+    assert codes == sorted(set(codes)) and M.EXIT_INVALID in codes and M.EXIT_NONE_STABLE in codes
+    meaning = dict((int(code), text) for code, text in lines)
+    assert "invalid" in meaning[M.EXIT_INVALID] and "invalid" not in meaning[M.EXIT_NONE_STABLE]

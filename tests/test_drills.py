@@ -40,7 +40,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.stack import ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid, wait_for
+from devstack.stack import (ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid, retrying,
+                            wait_for)
 from slwtune import metrics as M
 from slwtune import tracking
 from slwtune.storage import job_prefix
@@ -276,10 +277,12 @@ def kill_the_driver_mid_full_run(stack: Stack, job_id: str, submission: str, rec
 def faulty_job(stack):
     """The job with its five faults; returns what was seen (times, steps, the final job view...)."""
     rec: dict = {"t_submit": time.time()}
-    r = httpx.post(f"{stack.api.url}/v1/jobs", json={"preset": "shakespeare-tiny", "overrides": DRILL},
-                   headers=stack.api.headers(), timeout=60)
-    assert r.status_code == 201, r.text
-    job_id = rec["job_id"] = r.json()["id"]
+    # A busy machine may time a submit out (503): tried again, under one Idempotency-Key.
+    headers = {**stack.api.headers(), "Idempotency-Key": f"drill-{time.time()}"}
+    job = retrying(lambda: httpx.post(f"{stack.api.url}/v1/jobs", json={"preset": "shakespeare-tiny", "overrides": DRILL},
+                                      headers=headers, timeout=60).raise_for_status().json(),
+                   "the API to accept the drill's job", 300, say=print)
+    job_id = rec["job_id"] = job["id"]
 
     resumed = kill_the_driver_mid_probe(stack, job_id, rec)
     kill_the_api_until_the_full_run(stack, job_id, resumed, rec)

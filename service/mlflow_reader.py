@@ -194,6 +194,7 @@ class MlflowReader:
                 "duration_steps": _knob(run, M.TAG_DURATION_STEPS),
                 "verdict": tags.get(M.TAG_VERDICT),
                 "reason": None if tags.get(M.TAG_REASON) in (None, M.NO_REASON) else tags.get(M.TAG_REASON),
+                "resumed_from_step": _int(tags.get(M.TAG_RESUMED_FROM_STEP)),
                 "metrics": dict(run.data.metrics),
                 "started_at": _when(run.info.start_time),
                 "ended_at": _when(run.info.end_time),

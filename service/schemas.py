@@ -157,6 +157,9 @@ class TrialPublic(BaseModel):
     duration_steps: int | None = None
     verdict: str | None = Field(None, description=" | ".join(M.VERDICTS))
     reason: str | None = None
+    resumed_from_step: int | None = Field(
+        None, description="a probe whose job driver was lost while it trained: it went on from its checkpoint "
+                          "at this step, in the same run (the steps after it were trained again)")
     metrics: dict[str, float | None] = Field(default_factory=dict, description="last value of each metric")
     started_at: datetime | None = None
     ended_at: datetime | None = None

@@ -14,8 +14,8 @@ EXIT_CODES_HELP = f"""exit codes (tune and train):
   {M.EXIT_OK}    done: knobs chosen and the full run finished (train: the run did not diverge or crash)
   {M.EXIT_RUN_FAILED}    the full run (train: the run) diverged or crashed; the reason names the step and signal
   {M.EXIT_NONE_STABLE}    no stable configuration (the report says what to change)
-  {M.EXIT_INFRA}    infrastructure failure: every probe crashed, data or a backend is missing
-  {M.EXIT_INVALID}    invalid input: the spec, a flag or a data source (nothing ran); one line per problem
+  {M.EXIT_INFRA}    infrastructure failure: every probe crashed, a backend is unreachable
+  {M.EXIT_INVALID}    invalid input, nothing ran: the spec, a flag, a data source or model.entrypoint; one line per problem
 """
 
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
-        return M.EXIT_INVALID
+        return M.EXIT_INVALID  # invalid input (spec, flag, data path, entrypoint): nothing ran
     except SlwtuneError as exc:
         print(f"slwtune: error: {exc}", file=sys.stderr)
         return M.EXIT_INFRA

@@ -3,8 +3,8 @@
 `run_job` is what `slwtune tune` runs, locally or as the Ray job the service
 submits (`python -m slwtune.cli tune SPEC --job-id ID --out DIR`); the CLI owns
 the exit-code contract (`slwtune.metrics.EXIT_*`). With `resume=True` it goes
-on with the job persisted in the folder: finished rounds are not rerun and the
-full run continues from its last checkpoint.
+on with the job persisted in the folder: finished rounds and probes are not
+rerun, unfinished probes and the full run continue from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -77,11 +77,29 @@ def run_probes(job: Job, probes: list[Probe], round_index: int) -> list[ProbeRes
 
 
 def probe_round(job: Job, probes: list[Probe], round_index: int, attempt: int = 1) -> list[ProbeResult]:
-    batch = run_round(job.spec, probes, round_index=round_index, job_id=job.job_id, storage=job.storage,
-                      parent_run_id=job.parent_run_id, mlflow_uri=job.uri, attempt=attempt,
-                      spill_dir=job.spill_dir)
-    sync_probe_tags(job, batch)
-    return batch
+    """One round's probes on Ray Tune, each journaled in job.json as it reports and as it ends.
+
+    After a driver restart, the probes of this round that had ended are reused (not rerun), and
+    those that were training go on from their last checkpoint, in their own Train and MLflow runs
+    (see `slwtune.tuning.tune_glue` for the rule, Ray Tune's per-trial restore).
+    """
+    journal = job.probe_journal(round_index, attempt)
+    reused = {p: r for p in probes if (r := journal.finished(p)) is not None}
+    todo = [p for p in probes if p not in reused]
+    resume = {p: knobs for p in todo if (knobs := journal.resume(p))}
+    if reused or resume:
+        job.status(progress=f"round {round_index}: {len(reused)} probe(s) finished before the restart, not rerun; "
+                            f"{len(resume)} go on from their last checkpoint")
+    batch = []
+    if todo:
+        batch = run_round(job.spec, todo, round_index=round_index, job_id=job.job_id, storage=job.storage,
+                          parent_run_id=job.parent_run_id, mlflow_uri=job.uri, attempt=attempt,
+                          spill_dir=job.spill_dir, resume=resume, journal=journal)
+        batch = [journal.done(r) for r in batch]
+    ended = {r.probe: r for r in batch} | reused
+    results = [ended[p] for p in probes]
+    sync_probe_tags(job, results)  # the reused too: their driver may have died before it tagged them
+    return results
 
 
 def sync_probe_tags(job: Job, results: list[ProbeResult]) -> None:

@@ -2,9 +2,11 @@
 
 Everything a restarted driver needs lives in the job folder (`job.json`): the
 job id, the MLflow parent run, every finished round of probes with its
-results, the full run's summary once it is over, and each restart with its
-reason. `slwtune tune --resume OUT` (and the service, when a driver dies)
-reads it back, so finished probes are never rerun.
+results, each probe of the round under way (`probes`: its latest checkpoint and
+curve as it trains, its result once it ended; see `ProbeJournal`), the full
+run's summary once it is over, and each restart with its reason. `slwtune tune
+--resume OUT` (and the service, when a driver dies) reads it back, so finished
+probes are never rerun and unfinished ones go on from their last checkpoint.
 
 MLflow is bookkeeping here: a call that fails while the server is down warns,
 adds a line to the job's `warnings` and lets the job go on.
@@ -24,7 +26,8 @@ from slwtune import settings, tracking
 from slwtune.errors import SlwtuneError
 from slwtune.raycluster import default_storage
 from slwtune.spec import JobSpec
-from slwtune.tuning.tune_glue import ProbeResult
+from slwtune.tuning.strategies import Probe
+from slwtune.tuning.tune_glue import RESUME_STEP_KEY, RESUME_TRIAL_KEY, ProbeResult
 
 STATE_FILE = "job.json"
 SPEC_FILE = "spec.yaml"
@@ -44,7 +47,8 @@ class Job:
         self.parent_run_id: str | None = None
         self.notes: list[str] = []     # what the driver decided (retries), for the report
         self.warnings: list[str] = []  # what went wrong around the job without failing it (MLflow down)
-        self.state: dict[str, Any] = {"job_id": self.job_id, "rounds": [], "full_run": None, "restarts": []}
+        self.state: dict[str, Any] = {"job_id": self.job_id, "rounds": [], "probes": {}, "full_run": None,
+                                      "restarts": []}
 
     # ---- persisted state -----------------------------------------------------------
 
@@ -78,6 +82,9 @@ class Job:
     def save_round(self, batch: list[ProbeResult]) -> None:
         self.state["rounds"].append([r.to_dict() for r in batch])
         self.save()
+
+    def probe_journal(self, round_index: int, attempt: int = 1) -> "ProbeJournal":
+        return ProbeJournal(self, round_index, attempt)
 
     @property
     def restarts(self) -> list[dict]:
@@ -130,3 +137,66 @@ class Job:
     def set_tags(self, tags: dict) -> None:
         if self.logs_to_mlflow and tags:
             self.track("set the job's tags", tracking.set_tags, self.parent_run_id, tags)
+
+
+class ProbeJournal:
+    """The probes of one round (and attempt) in job.json, written as they happen: each report's
+    curve row and latest checkpoint while a probe trains, its result when it ends.
+
+    A restarted driver asks it which probes `finished` (reused, not rerun) and how the others
+    `resume` (their first trial's id, so Train V2 resumes the run of the same name from its last
+    checkpoint, and the step of that checkpoint); `done` gives a result its whole curve, the rows
+    before that checkpoint included.
+    """
+
+    def __init__(self, job: Job, round_index: int, attempt: int):
+        self.job, self.round_index, self.attempt = job, round_index, attempt
+        self.entries: dict[str, dict] = job.state.setdefault("probes", {})
+
+    def key(self, probe: Probe) -> str:
+        knobs = f"s{probe.start_length}-T{probe.duration_steps}" if probe.slw else "control"
+        return f"round{self.round_index}/attempt{self.attempt}/{knobs}"
+
+    def finished(self, probe: Probe) -> ProbeResult | None:
+        entry = self.entries.get(self.key(probe))
+        return ProbeResult(**entry["result"]) if entry and entry.get("result") else None
+
+    def resume(self, probe: Probe) -> dict:
+        """The knobs that make a probe that was training go on from its last checkpoint ({} for a
+        probe that never started); its curve is cut back to that checkpoint, since the steps after
+        it are trained again."""
+        entry = self.entries.get(self.key(probe))
+        if not entry or entry.get("result") or not entry.get("trial_id"):
+            return {}
+        step = entry.get("checkpoint_step") or 0
+        entry["curve"] = [row for row in entry.get("curve", []) if row[0] is not None and row[0] <= step]
+        entry["resumed_from_step"] = step
+        self.job.save()
+        return {RESUME_TRIAL_KEY: entry["trial_id"], RESUME_STEP_KEY: step}
+
+    def progress(self, probe: Probe, trial_id: str, row: list, checkpoint: str | None) -> None:
+        entry = self.entries.setdefault(self.key(probe), {"trial_id": trial_id, "curve": []})
+        entry["trial_id"] = entry.get("trial_id") or trial_id
+        entry["curve"].append(row)
+        if checkpoint:
+            entry["checkpoint"], entry["checkpoint_step"] = checkpoint, row[0]
+        self.job.save()
+
+    def done(self, result: ProbeResult) -> ProbeResult:
+        """Record a probe that ended; returns it with its whole curve (every attempt's reports up to
+        the checkpoint each went on from) and the step it went on from, if it did."""
+        entry = self.entries.setdefault(self.key(result.probe), {"trial_id": result.trial_id, "curve": []})
+        result.curve = joined_curve(entry.get("curve") or [], result.curve or [])
+        entry["curve"] = result.curve
+        if entry.get("resumed_from_step") is not None:
+            result.resumed_from_step = entry["resumed_from_step"]
+            result.trial_id = entry["trial_id"]
+        entry["result"] = result.to_dict()
+        self.job.save()
+        return result
+
+
+def joined_curve(journaled: list, reported: list) -> list:
+    """The journal's rows, then those of `reported` (one attempt's own) past the journal's last step."""
+    last = max((row[0] for row in journaled if row[0] is not None), default=None)
+    return list(journaled) + [row for row in reported if last is None or (row[0] is not None and row[0] > last)]

@@ -87,6 +87,7 @@ TAG_ROUND = "slwtune.round"        # probe: the search round it belongs to
 TAG_STRATEGY = "slwtune.strategy"  # job: paper | grid | optuna
 TAG_OUTCOME = "slwtune.outcome"    # job: one of the OUTCOME_* values
 TAG_CONTINUED_FROM = "slwtune.continued_from"  # full run: the probe checkpoint it continued from
+TAG_RESUMED_FROM_STEP = "slwtune.resumed_from_step"  # probe: its driver was lost; it went on from this step's checkpoint
 TAG_START_LENGTH = "slw.start_length"      # probe: its knobs, as tags for the runs table
 TAG_DURATION_STEPS = "slw.duration_steps"
 TAG_SLW_ENABLED = "slw.enabled"            # every training run: false for the control and the baseline

@@ -131,6 +131,12 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+def reopen_run(uri: str, run_id: str) -> None:
+    """RUNNING again: a run that goes on after its driver was lost (and the service ended it KILLED);
+    `end_run` sets its status and end time again when it ends."""
+    _client(uri).update_run(run_id, status="RUNNING")
+
+
 def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
     _client(uri).log_artifact(run_id, path, artifact_path)
 

@@ -3,8 +3,10 @@ process by its own PID or stopping a server (docs/reliability.md gives the figur
 
 One stack serves every drill, and one job takes five faults in turn, each in its own stretch of
 the job so that they do not mask each other:
-1. the job driver is SIGKILLed while round 2's probe trains (round 1 is in job.json): the API sees
-   the lost driver and resubmits it with `slwtune tune --resume`; round 1 is not run again;
+1. the job driver is SIGKILLed while round 1's second probe trains past a checkpoint (the first
+   probe has ended and is in job.json): the API sees the lost driver and resubmits it with
+   `slwtune tune --resume`; no finished probe runs again, and the killed probe goes on from its
+   checkpoint in its own Train run and MLflow run (each knob pair shows once in the trial list);
 2. the API is SIGKILLed once the resumed driver probes again, and started again once the full
    run trains: its start-up reconciliation has caught up before the first read (phase
    `full_run`), and it follows the job to its end;
@@ -12,14 +14,15 @@ the job so that they do not mask each other:
    restarts it from that checkpoint, not from the start;
 4. the driver is SIGKILLed again, mid full run: resumed again, it reruns no probe, and Ray Train
    resumes the full run from its last checkpoint;
-5. the MLflow server is stopped mid full run and started again: training goes on, job reads
-   answer and name MLflow in `unavailable`, and once it is back every metric of the full run
-   is in MLflow (last, because a worker killed while MLflow is down takes its unsent metrics
-   with it).
+5. the MLflow server is stopped for MLFLOW_DOWN_S mid full run and started again: training goes
+   on, job reads answer and name MLflow in `unavailable`, `/trials` answers the trials as last
+   read, and once it is back every metric of the full run is in MLflow, to its last step (last,
+   because a worker killed while MLflow is down takes its unsent metrics with it).
 Before it, an API whose Ray is unreachable refuses a submit with 503 and writes nothing.
 
-Sized to fit `make test` on 2 cores: a tiny GPT, a binary search of two one-probe rounds, no
-control probe, a full run of 1-2 minutes so that two faults can land inside it. Timings and figures are printed
+Sized to fit `make test` on 2 cores: a tiny GPT, a search of rounds of two probes run one at a
+time (one or two rounds, as the search decides), no control probe, a full run of a few minutes so
+that two faults and the MLflow outage can land inside it. Timings and figures are printed
 (`pytest -s`) and written as JSON to $SLWTUNE_DRILL_FIGURES when set.
 """
 
@@ -37,8 +40,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.stack import ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid, wait_for
+from devstack.stack import (ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid, retrying,
+                            wait_for)
 from slwtune import metrics as M
+from slwtune import tracking
 from slwtune.storage import job_prefix
 
 pytestmark = pytest.mark.slow
@@ -47,14 +52,16 @@ CHECKPOINT_EVERY = 32
 LOG_EVERY = 4
 EVAL_EVERY = 8
 STATS_EVERY = 8  # shakespeare-tiny's run.stats_every_steps: Adam's statistics
-MLFLOW_DOWN_S = 20  # plus the ~7-15 s the server takes to come back
+MLFLOW_DOWN_S = 60  # plus the ~7-15 s the server takes to come back
+PROBE_STEPS = 96  # checkpoints at 32 and 64: a probe can be caught training past one
 DRILL = {
     "name": "drill",
     "tuning.control_probe": False,
-    "tuning.slots": 1,                   # a binary search: one probe per round, and always a round 2
+    "tuning.slots": 2,                   # two probes per round ...
+    "tuning.max_concurrent_trials": 1,   # ... one after the other: one ends while the other trains
     "tuning.max_rounds": 2,
-    "tuning.probe_steps": 48,            # long enough to be caught training
-    "budget.train_tokens": 300_000,      # a full run of ~590 steps (~2 min here): room for two faults
+    "tuning.probe_steps": PROBE_STEPS,
+    "budget.train_tokens": 400_000,      # a full run of ~790 steps: room for two faults and the outage
     "run.checkpoint_every_steps": CHECKPOINT_EVERY,
     "run.log_every_steps": LOG_EVERY,
     "run.eval_every_steps": EVAL_EVERY,
@@ -89,8 +96,13 @@ class Stack:
 
     def job(self, job_id: str) -> dict:
         r = self.get(f"/v1/jobs/{job_id}")
-        assert r.status_code == 200, r.text
+        r.raise_for_status()  # a 5xx is waited out by wait_for (devstack.stack.transient)
         return r.json()
+
+    def job_trials(self, job_id: str) -> list[dict]:
+        r = self.get(f"/v1/jobs/{job_id}/trials")
+        r.raise_for_status()
+        return r.json()["data"]
 
 
 @pytest.fixture(scope="module")
@@ -155,37 +167,46 @@ def full_run_steps(stack: Stack, submission_id: str) -> list[int]:
     return [int(s) for s in FULL_RUN_STEP.findall(stack.ray_logs(submission_id))]
 
 
-def round_2_training(stack: Stack, job_id: str) -> bool:
-    """Round 2's probe has logged its first training steps to MLflow."""
-    trials = stack.get(f"/v1/jobs/{job_id}/trials")
-    return trials.status_code == 200 and any(t["round"] == 2 and t["metrics"].get(M.TRAIN_LOSS) is not None
-                                             for t in trials.json()["data"])
+def round_1_probes(state: Path) -> dict:
+    """Round 1's probes in the job's journal (job.json `probes`): key -> entry."""
+    try:
+        probes = json.loads(state.read_text()).get("probes", {})
+    except (OSError, ValueError):  # not written yet
+        return {}
+    return {k: v for k, v in probes.items() if k.startswith("round1/attempt1/")}
+
+
+def one_ended_one_past_a_checkpoint(probes: dict) -> bool:
+    ended = [e for e in probes.values() if e.get("result")]
+    training = [e for e in probes.values() if not e.get("result") and e.get("checkpoint")]
+    return len(ended) == 1 and len(training) == 1
 
 
 def kill_the_driver_mid_probe(stack: Stack, job_id: str, rec: dict) -> str:
-    """Fault 1. Returns the resumed driver's submission id."""
+    """Fault 1: round 1's first probe has ended, its second trains past its first checkpoint.
+    Returns the resumed driver's submission id."""
     state = stack.api.root / "jobs" / job_id / "out" / "job.json"
-    wait_for(lambda: json.loads(state.read_text())["rounds"] if state.exists() else [],
-             lambda rounds: len(rounds) == 1, JOB_TIMEOUT_S, "round 1 in job.json")
-    rec["t_round1_done"] = time.time()
-    wait_for(lambda: round_2_training(stack, job_id), bool, 300, "round 2's probe to train", every=0.3)
+    wait_for(lambda: round_1_probes(state), one_ended_one_past_a_checkpoint, JOB_TIMEOUT_S,
+             "round 1's first probe to end and its second to pass a checkpoint", every=0.2)
     [pid] = wait_for(lambda: driver_pids(stack, job_id), lambda p: len(p) == 1, 30, "the driver's pid")
     kill_pid(pid)
     rec["t_driver_killed"] = time.time()
-    if len(json.loads(state.read_text())["rounds"]) != 1:
-        pytest.fail("round 2 ended before the driver was killed: lengthen tuning.probe_steps")
+    rec["journal_at_kill"] = round_1_probes(state)
+    if json.loads(state.read_text())["rounds"] or not one_ended_one_past_a_checkpoint(rec["journal_at_kill"]):
+        pytest.fail("round 1's second probe ended before the driver was killed: lengthen tuning.probe_steps")
     job = wait_for(lambda: stack.job(job_id), lambda j: j["restarts"], 120, "the service to restart the driver")
     rec["t_driver_resubmitted"] = time.time()
     resumed = job["ray_submission_id"]
-    wait_for(lambda: stack.ray_logs(resumed), lambda text: "round 2: probing" in text, 300,
-             "the resumed driver to probe round 2")
+    wait_for(lambda: stack.ray_logs(resumed), lambda text: "round 1: probing" in text, 300,
+             "the resumed driver to probe round 1")
     rec["t_driver_probing_again"] = time.time()
     return resumed
 
 
 def kill_a_train_worker_after_a_checkpoint(stack: Stack, submission: str, rec: dict) -> None:
     """Fault 3: once the full run has passed a checkpoint of its own."""
-    steps = wait_for(lambda: full_run_steps(stack, submission), lambda s: s and s[-1] >= 2.5 * CHECKPOINT_EVERY,
+    first_own = (PROBE_STEPS // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY  # the probe it continued ended at PROBE_STEPS
+    steps = wait_for(lambda: full_run_steps(stack, submission), lambda s: s and s[-1] >= first_own + CHECKPOINT_EVERY // 2,
                      300, "the full run to pass a checkpoint of its own", every=0.5)
     [pid] = wait_for(lambda: stack.ray.pids("RayTrainWorker"), lambda p: len(p) == 1, 30, "the Train worker's pid")
     kill_pid(pid)
@@ -196,7 +217,7 @@ def kill_a_train_worker_after_a_checkpoint(stack: Stack, submission: str, rec: d
 
 
 def kill_the_api_until_the_full_run(stack: Stack, job_id: str, resumed: str, rec: dict) -> None:
-    """Fault 2: the API dies while round 2 is probed again, and is started once the full run trains."""
+    """Fault 2: the API dies while the resumed driver probes again, and is started once the full run trains."""
     db = sqlite3.connect(stack.api.root / "registry.db")
     rec["phase_when_api_killed"] = db.execute("select phase from jobs where id = ?", (job_id,)).fetchone()[0]
     stack.api.kill()
@@ -214,6 +235,7 @@ def kill_the_api_until_the_full_run(stack: Stack, job_id: str, resumed: str, rec
 def stop_mlflow_for_a_while(stack: Stack, job_id: str, submission: str, rec: dict) -> None:
     """Fault 5: MLflow down for MLFLOW_DOWN_S plus its restart, while the full run trains; the API
     answers job reads meanwhile and names MLflow as unavailable."""
+    rec["trials_before_down"] = len(stack.job_trials(job_id))  # this API process has read them once
     rec["mlflow_down_at_step"] = full_run_steps(stack, submission)[-1]
     stack.mlflow.stop()
     rec["t_mlflow_down"] = time.time()
@@ -255,10 +277,12 @@ def kill_the_driver_mid_full_run(stack: Stack, job_id: str, submission: str, rec
 def faulty_job(stack):
     """The job with its five faults; returns what was seen (times, steps, the final job view...)."""
     rec: dict = {"t_submit": time.time()}
-    r = httpx.post(f"{stack.api.url}/v1/jobs", json={"preset": "shakespeare-tiny", "overrides": DRILL},
-                   headers=stack.api.headers(), timeout=60)
-    assert r.status_code == 201, r.text
-    job_id = rec["job_id"] = r.json()["id"]
+    # A busy machine may time a submit out (503): tried again, under one Idempotency-Key.
+    headers = {**stack.api.headers(), "Idempotency-Key": f"drill-{time.time()}"}
+    job = retrying(lambda: httpx.post(f"{stack.api.url}/v1/jobs", json={"preset": "shakespeare-tiny", "overrides": DRILL},
+                                      headers=headers, timeout=60).raise_for_status().json(),
+                   "the API to accept the drill's job", 300, say=print)
+    job_id = rec["job_id"] = job["id"]
 
     resumed = kill_the_driver_mid_probe(stack, job_id, rec)
     kill_the_api_until_the_full_run(stack, job_id, resumed, rec)
@@ -286,32 +310,50 @@ def mlflow_client(stack: Stack):
     return MlflowClient(tracking_uri=stack.mlflow.uri)
 
 
-def test_driver_killed_mid_probe_resumes_without_rerunning_a_finished_round(stack, faulty_job):
+def went_back(steps: list[int]) -> list[tuple[int, int]]:
+    """(step, the step logged next) wherever a run's logged steps go back: a new attempt began."""
+    return [(a, b) for a, b in zip(steps, steps[1:]) if b <= a]
+
+
+def test_driver_killed_mid_probe_reruns_no_finished_probe_and_resumes_the_other(stack, faulty_job):
     rec, view, report = faulty_job, faulty_job["view"], faulty_job["report"]
     assert rec["ray_status"] == "SUCCEEDED" and rec["view"]["state"] == "succeeded", rec["last_driver_log"][-3000:]
     restart = view["restarts"][0]
     assert restart["resumed"] and restart["ray_submission_id"] == f"{rec['job_id']}-r1"
     assert "killed by SIGKILL" in restart["reason"]
-    # The resumed driver took round 1 from job.json; only round 2 ran again.
-    assert [r["rounds_done"] for r in report["restarts"]][:1] == [1]
-    assert [r["rounds_done"] for r in rec["job_state"]["restarts"]][:1] == [1]
-    assert "round 1: finished before the restart, not rerun" in rec["driver_log"]
-    trials = stack.get(f"/v1/jobs/{rec['job_id']}/trials").json()["data"]
-    round_1 = [t for t in trials if t["kind"] == M.KIND_PROBE and t["round"] == 1]
-    round_2 = [t for t in trials if t["kind"] == M.KIND_PROBE and t["round"] == 2]
-    assert len(round_1) == len([t for t in report["trials"] if t["round"] == 1]) == 1  # probed once
-    killed = [t for t in round_2 if t["verdict"] is None]  # the killed driver's probes: never judged
+    # The resumed driver took round 1's first probe from job.json.
+    assert [r["rounds_done"] for r in report["restarts"]][:1] == [0]
+    assert "round 1: 1 probe(s) finished before the restart, not rerun; 1 go on from their last checkpoint" \
+        in rec["driver_log"]
+    # Each knob pair once, in the report and in the trial list (MLflow's runs).
+    pairs = [(t["round"], t["start_length"], t["duration_steps"]) for t in report["trials"]]
+    trials = [t for t in stack.job_trials(rec["job_id"]) if t["kind"] == M.KIND_PROBE]
+    assert sorted((t["round"], t["start_length"], t["duration_steps"]) for t in trials) == sorted(pairs)
+    assert len(set(pairs)) == len(pairs) >= DRILL["tuning.slots"]
+    # Finished probes ran once: one Train run per probe, and no probe but the resumed one logged a step twice.
+    runs = list((stack.ray.temp_dir / "ray_results").glob(f"{job_prefix(DRILL['name'], rec['job_id'])}probe-*"))
+    assert len(runs) == len(pairs)
     client = mlflow_client(stack)
-    lost_steps = [max((m.step for m in client.get_metric_history(t["run_id"], M.TRAIN_LOSS)), default=0)
-                  for t in killed]
-    assert len(killed) == 1 and lost_steps[0] > 0  # it was training when its driver died
-    assert killed[0]["status"] == "KILLED"  # ended by the service at the restart, not left RUNNING
+    history = {t["run_id"]: [m.step for m in sorted(client.get_metric_history(t["run_id"], M.TRAIN_LOSS),
+                                                    key=lambda m: (m.timestamp, m.step))] for t in trials}
+    [ended_before] = [e for e in rec["journal_at_kill"].values() if e.get("result")]
+    [killed] = [e for e in rec["journal_at_kill"].values() if not e.get("result")]
+    [resumed] = [t for t in trials if t["resumed_from_step"] is not None]
+    assert [t for t in trials if went_back(history[t["run_id"]])] == [resumed]
+    # The killed probe went on from its checkpoint, not from step 0, in its own run.
+    assert resumed["resumed_from_step"] == killed["checkpoint_step"] > 0
+    [(last_before_kill, first_after)] = went_back(history[resumed["run_id"]])
+    assert resumed["resumed_from_step"] < first_after <= resumed["resumed_from_step"] + LOG_EVERY
+    assert resumed["verdict"] and resumed["status"] == tracking.run_status(resumed["verdict"])  # judged, ended
+    assert ended_before["result"]["trial_id"] != killed["trial_id"]
     FIGURES["driver_kill"] = {
         "service_noticed_and_resubmitted_s": round(rec["t_driver_resubmitted"] - rec["t_driver_killed"], 1),
         "probing_again_s": round(rec["t_driver_probing_again"] - rec["t_driver_killed"], 1),
-        "finished_rounds_rerun": 0,
-        "probe_runs_lost_with_the_driver": len(killed),
-        "probe_steps_redone": sum(lost_steps),
+        "finished_probes_rerun": 0,
+        "probes_resumed": 1,
+        "probe_resumed_from_step": resumed["resumed_from_step"],
+        "probe_steps_redone": last_before_kill - resumed["resumed_from_step"],
+        "probe_steps_a_rerun_would_redo": last_before_kill,
     }
 
 
@@ -364,8 +406,9 @@ def test_driver_killed_mid_full_run_resumes_it_from_its_checkpoint(stack, faulty
     rec, report, view = faulty_job, faulty_job["report"], faulty_job["view"]
     second = view["restarts"][1]
     assert second["resumed"] and "killed by SIGKILL" in second["reason"]
-    assert [r["rounds_done"] for r in report["restarts"]] == [1, 2]  # no probe round ran again
-    assert "round 2: finished before the restart, not rerun" in rec["last_driver_log"]
+    rounds = max(t["round"] for t in report["trials"])
+    assert [r["rounds_done"] for r in report["restarts"]] == [0, rounds]  # no probe round ran again
+    assert f"round {rounds}: finished before the restart, not rerun" in rec["last_driver_log"]
     steps = [m.step for m in full_run_history(stack, rec, M.TRAIN_LOSS)]
     _, (before, resumed_from) = restarts_in(steps)
     assert resumed_from >= rec["driver2_killed_after_step"] - CHECKPOINT_EVERY - LOG_EVERY
@@ -383,10 +426,10 @@ def test_mlflow_stopped_mid_job_loses_no_metric(stack, faulty_job):
     rec, report = faulty_job, faulty_job["report"]
     full = report["full_run"]
     assert rec["mlflow_up_at_step"] > rec["mlflow_down_at_step"]  # it trained while MLflow was down
-    # Reads that need no MLflow answered, naming it; the trials (MLflow's) were a 503.
+    # Reads answered while it was down, naming it; the trials (MLflow's) as last read, marked stale.
     down = rec["read_while_down"]
-    assert down["state"] == "running" and down["phase"] == M.PHASE_FULL_RUN and rec["trials_while_down"][:2] == (200, True)
-    assert rec["trials_while_down"][2] >= 2  # the probes as last read, not an empty list
+    assert down["state"] == "running" and down["phase"] == M.PHASE_FULL_RUN
+    assert rec["trials_while_down"] == (200, True, rec["trials_before_down"]) and rec["trials_before_down"] >= 4
     assert full["mlflow_unsent"] == 0
     start = next(t["steps"] for t in report["trials"] if t["verdict"] == M.STABLE and
                  (t["start_length"], t["duration_steps"]) == (report["chosen"]["start_length"],

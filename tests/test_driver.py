@@ -13,6 +13,7 @@ from slwtune import metrics as M
 from slwtune.cli import main
 from slwtune.plan import Landscape
 from slwtune.spec import load_spec
+from slwtune.tuning.strategies import Probe
 from slwtune.tuning.tune_glue import ProbeResult
 
 
@@ -267,6 +268,56 @@ def test_resume_does_not_rerun_finished_rounds(fake, tmp_path):
     assert report["outcome"] == M.OUTCOME_DONE and 32 <= report["chosen"]["duration_steps"] <= 40
 
 
+class DiesMidRound(FakeCluster):
+    """Round 2 as a driver killed in the middle of it saw it: its first probe ended (journaled),
+    the second had reported up to step 40, with a checkpoint at step 32, when the driver died."""
+
+    def run_round(self, spec, probes, *, round_index, attempt=1, journal=None, **kw):
+        if round_index < 2:
+            return super().run_round(spec, probes, round_index=round_index, attempt=attempt, **kw)
+        first, second = probes[0], probes[1]
+        for step in (8, 16):
+            journal.progress(first, "t-first", [step, 30.0, 1.0, step * 100], None)
+        journal.done(self.answer(first, round_index, attempt))
+        for step in (8, 16, 24, 32, 40):
+            journal.progress(second, "t-second", [step, 30.0, 1.0, step * 100], "/ckpt/t-second" if step == 32 else None)
+        raise Killed()
+
+
+class Resumed(FakeCluster):
+    """Records each round's probes with the resume knobs it got; its probes report steps 40 and 48."""
+
+    def run_round(self, spec, probes, *, round_index, attempt=1, resume=None, journal=None, **kw):
+        self.calls.append((round_index, attempt, list(probes)))
+        self.resumed = getattr(self, "resumed", []) + [dict(resume or {})]
+        results = [self.answer(p, round_index, attempt) for p in probes]
+        for r in results:
+            r.curve = [[40, 29.0, 1.0, 4000], [48, 28.0, 1.0, 4800]]
+            r.trial_id = (resume or {}).get(r.probe, {}).get("resume_trial_id", "t-new")
+        return results
+
+
+def test_resume_reuses_the_finished_probes_of_a_round_and_continues_the_others_from_their_checkpoint(fake, tmp_path):
+    landscape = Landscape(diverged_below=20, fluctuating_above=40)
+    fake(DiesMidRound(landscape))
+    with pytest.raises(Killed):
+        driver.run_job(spec("tuning.control_probe=false"), tmp_path, job_id="p1")
+    second = fake(Resumed(landscape))
+    report = driver.run_job(None, tmp_path, resume=True)
+    # each probe of round 2 once in the report, in the round's order
+    first_probe, second_probe = [Probe(t["start_length"], t["duration_steps"]) for t in report["trials"]
+                                 if t["round"] == 2]
+    round_2 = [c for c in second.calls if c[0] == 2]
+    assert [p for c in round_2 for p in c[2]] == [second_probe]  # the finished probe is not run again
+    assert second.resumed[0] == {second_probe: {"resume_trial_id": "t-second", "resumed_from_step": 32}}
+    resumed = json.loads((tmp_path / "job.json").read_text())["probes"]
+    entry = resumed[f"round2/attempt1/s{second_probe.start_length}-T{second_probe.duration_steps}"]
+    assert entry["result"]["resumed_from_step"] == 32 and entry["result"]["trial_id"] == "t-second"
+    # its curve: the killed attempt's reports up to the checkpoint, then the resumed attempt's
+    assert [row[0] for row in entry["result"]["curve"]] == [8, 16, 24, 32, 40, 48]
+    assert report["outcome"] == M.OUTCOME_DONE
+
+
 def test_resume_after_the_full_run_finished_does_not_train_again(fake, tmp_path):
     fake(FakeCluster(Landscape()))
     done = driver.run_job(spec(), tmp_path, job_id="r2")
@@ -359,3 +410,24 @@ def test_race_runs_are_dropped_as_the_race_goes_on_except_the_one_continued(fake
     assert segments > 1 and report["decision"]["winner"] == "baseline"
     assert sorted(p.name for p in runs.iterdir()) == [f"job-race-baseline-seg{segments}"]
     assert cluster.trained == [(False, str(runs / f"job-race-baseline-seg{segments}" / "checkpoint_000"))]
+
+
+def test_cli_tune_exits_4_naming_an_entrypoint_it_cannot_import(tmp_path, capsys):
+    # invalid input, not a tuning result: exit 2 would read as "no stable configuration"
+    code = main(["tune", "shakespeare-tiny", "--set", "model.entrypoint=no_such_pkg_xyz.loop:train",
+                 "--out", str(tmp_path)])
+    assert code == M.EXIT_INVALID
+    from service.jobs.results import cli_error
+
+    said = cli_error(capsys.readouterr().err)  # what the service reads from the driver's log
+    assert said.startswith("invalid job spec: model.entrypoint='no_such_pkg_xyz.loop:train': cannot import")
+
+
+def test_help_lists_one_meaning_per_exit_code():
+    from slwtune.cli import build_parser
+
+    lines = [line.split(None, 1) for line in build_parser().epilog.splitlines()[1:] if line.strip()]
+    codes = [int(code) for code, _ in lines]
+    assert codes == sorted(set(codes)) and M.EXIT_INVALID in codes and M.EXIT_NONE_STABLE in codes
+    meaning = dict((int(code), text) for code, text in lines)
+    assert "invalid" in meaning[M.EXIT_INVALID] and "invalid" not in meaning[M.EXIT_NONE_STABLE]

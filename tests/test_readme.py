@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from slwtune import metrics as M
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
@@ -63,7 +65,7 @@ def test_readme_validation_example_is_what_the_cli_prints():
     command, *expected = block.strip().splitlines()
     out = subprocess.run([sys.executable, "-m", "slwtune.cli", "validate", *shlex.split(command)],
                          capture_output=True, text=True)
-    assert out.returncode == 4  # EXIT_INVALID
+    assert out.returncode == M.EXIT_INVALID
     assert out.stderr.strip().splitlines() == [line.rstrip() for line in expected]
 
 

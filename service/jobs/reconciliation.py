@@ -15,7 +15,7 @@ from slwtune import metrics as M
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import TERMINAL_STATES, JobRow, as_utc, utcnow
 from service.jobs.restarts import lost_reason, restart
-from service.jobs.results import failure_reason, load_report, outcome_of, view_fields
+from service.jobs.results import STOPPED_OUTSIDE, cli_error, failure_reason, load_report, outcome_of, view_fields
 from service.mlflow_reader import ParentRun
 from service.ray_jobs import RayJobInfo
 
@@ -110,6 +110,8 @@ def _settle(row: JobRow, b: Backends, info: RayJobInfo, parent: ParentRun | None
     """A driver that ended the job itself: the state from Ray, what happened from its report."""
     row.state = info.state
     if row.state == "cancelled":
+        if not row.cancel_requested:
+            row.error = STOPPED_OUTSIDE  # stopped on purpose by someone else: said, not restarted
         _close_runs(b, row)
         return
     report = load_report(row, b, ended=True)
@@ -117,7 +119,19 @@ def _settle(row: JobRow, b: Backends, info: RayJobInfo, parent: ParentRun | None
         row.result = view_fields(report)
     row.outcome = outcome_of(report, parent)
     if row.state == "failed":
-        row.error = failure_reason(info, report, parent)
+        row.error = failure_reason(info, report, parent, _log_tail(row, b, info))
+
+
+def _log_tail(row: JobRow, b: Backends, info: RayJobInfo) -> str | None:
+    """The driver's log, read only for an invalid-input exit whose error line is not in Ray's message."""
+    if info.driver_exit_code != M.EXIT_INVALID or cli_error(info.message):
+        return None
+    try:
+        with b.timer.measure("ray"):
+            return b.ray.logs(submission_of(row))[-20_000:]
+    except (BackendUnavailable, BackendError) as exc:
+        log.warning("job %s: could not read the driver's log: %s", row.id, exc)
+        return None
 
 
 def _fields(row: JobRow) -> tuple:

@@ -1,12 +1,14 @@
 """A job whose driver is gone without saying how the job ended is resubmitted, up to a limit.
 
 The driver ends every job with one of slwtune's exit codes (M.EXIT_*: 0 done, 1 the full run
-failed, 2 nothing stable, 3 infrastructure). Any other end means the driver was lost: killed
-(a signal, the OOM killer), its supervisor or node gone, stopped in Ray behind this service's
-back, or forgotten by a Ray head that restarted without GCS fault tolerance. Such a job is
+failed, 2 nothing stable, 3 infrastructure, 4 invalid input). Any other end means the driver was
+lost: killed (a signal, the OOM killer), its supervisor or node gone, or forgotten by a Ray head
+that restarted without GCS fault tolerance. A driver stopped in Ray (`ray job stop`, the
+dashboard) was stopped on purpose: the job is `cancelled`, whoever asked, never restarted. Such a job is
 submitted again as `slwtune tune --resume <job folder>/out` under a new Ray submission id
-(`<job id>-r<n>`): the driver reads job.json, does not rerun finished probe rounds, and Ray
-Train resumes the full run from its last checkpoint. Each restart is kept in the row's
+(`<job id>-r<n>`): the driver reads job.json, does not rerun finished probes, and the probes that
+were training and the full run go on from their last checkpoints (Ray Train resumes a run of the
+same name), in their own MLflow runs. Each restart is kept in the row's
 `restarts` (when, why, the new submission id); past `SLWTUNE_MAX_DRIVER_RESTARTS` the job fails
 with the last reason.
 
@@ -35,12 +37,11 @@ from service.ray_jobs import RayJobInfo
 log = logging.getLogger("slwtune.service")
 
 # A driver that exited with one of these said how the job ended: never restarted.
-OUTCOME_EXITS = frozenset({M.EXIT_OK, M.EXIT_RUN_FAILED, M.EXIT_NONE_STABLE, M.EXIT_INFRA})
+OUTCOME_EXITS = frozenset({M.EXIT_OK, M.EXIT_RUN_FAILED, M.EXIT_NONE_STABLE, M.EXIT_INFRA, M.EXIT_INVALID})
 # Ray could not start the driver at all: a restart would fail the same way.
 CANNOT_START = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
                           "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_ENTRYPOINT_COMMAND_START_ERROR"})
 NO_RECORD = "Ray has no record of the job's driver (was the Ray head restarted?)"
-STOPPED_IN_RAY = "Ray stopped the driver, but not on a cancel from this service"
 PROBE_KINDS = frozenset({M.KIND_PROBE, M.KIND_CONTROL})
 STATE_FILE = "job.json"  # slwtune.job.STATE_FILE (that module imports torch; the API does not)
 
@@ -68,8 +69,6 @@ def lost_reason(row: JobRow, info: RayJobInfo | None) -> str | None:
     """
     if info is None:
         return NO_RECORD if row.ray_submission_id else None
-    if info.status == "STOPPED" and not row.cancel_requested:
-        return STOPPED_IN_RAY
     if (info.status == "FAILED" and info.driver_exit_code not in OUTCOME_EXITS
             and info.error_type not in CANNOT_START):
         return describe_exit(info)
@@ -148,7 +147,7 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
             return
     log.warning("job %s: driver lost (%s); resubmitted as %s%s", row.id, reason, new_id,
                 " with --resume" if resumed else " from the start")
-    if resumed:  # the killed driver's unfinished probes are run again under new runs: close the old ones
+    if resumed:  # until the resumed driver reopens them, the killed driver's probe runs are not running
         _close_orphaned_probes(row, b)
     else:  # a fresh driver makes a new parent run; the old one stays behind as KILLED
         _forget_parent_run(row, b)
@@ -157,7 +156,8 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
 
 def _close_orphaned_probes(row: JobRow, b: Backends) -> None:
     """Probe runs the lost driver left RUNNING end as KILLED, so the MLflow UI does not show them running
-    forever. The full run's run is left alone: the resumed driver goes on logging to it."""
+    while no driver runs them; the resumed driver sets those it goes on with RUNNING again. The full
+    run's run is left alone: the resumed driver goes on logging to it."""
     if not row.mlflow_parent_run_id or not row.mlflow_experiment_id:
         return
     try:

@@ -27,7 +27,9 @@ REPORT_MAX_BYTES = 16 << 20  # a real report is tens of KiB
 # The report's fields the job view shows.
 VIEW_KEYS = ("full_run", "control", "baseline_wins", "message", "warnings", "disk_bytes")
 NO_STABLE = "no stable configuration"
-CLI_ERROR = "slwtune: error: "  # how the CLI prints an error it exits 3 (or 2) on
+INVALID_INPUT = "invalid input"  # what a driver that exited M.EXIT_INVALID was given: the CLI's error says which
+STOPPED_OUTSIDE = "stopped in Ray (`ray job stop` or the dashboard), not through this API"
+CLI_ERROR = "slwtune: error: "  # how the CLI prints an error it exits 3 or 4 on
 
 
 def job_dir(settings, job_id: str) -> Path:
@@ -90,10 +92,19 @@ def view_fields(report: dict) -> dict[str, Any]:
 
 
 def cli_error(message: str | None) -> str | None:
-    """The `slwtune: error: ...` line the CLI printed before exiting, from the log tail in Ray's message."""
-    for line in reversed((message or "").splitlines()):
-        if line.startswith(CLI_ERROR):
-            return line[len(CLI_ERROR):].strip() or None
+    """The `slwtune: error: ...` the CLI printed before exiting, from a log tail (Ray's message, or
+    the driver's log), on one line: its indented lines (a SpecError's problems) joined on with "; "."""
+    lines = (message or "").splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(CLI_ERROR):
+            head = lines[i][len(CLI_ERROR):].strip().rstrip(":")
+            more = []
+            for line in lines[i + 1:]:
+                if not line.startswith((" ", "\t")) or not line.strip():
+                    break
+                more.append(line.strip())
+            text = f"{head}: {'; '.join(more)}" if head and more else head or "; ".join(more)
+            return text or None
     return None
 
 
@@ -105,10 +116,16 @@ def outcome_of(report: dict | None, parent: ParentRun | None) -> str | None:
     return None
 
 
-def failure_reason(info: RayJobInfo, report: dict | None, parent: ParentRun | None) -> str:
-    """Why a driver that exited with an outcome code (1, 2, 3) failed, most specific first:
-    nothing stable; the report's error ("full run diverged at step ...", "probes crashed: ...");
-    the parent run's reason tag; the CLI's own error line; Ray's message."""
+def failure_reason(info: RayJobInfo, report: dict | None, parent: ParentRun | None, log_tail: str | None = None) -> str:
+    """Why a driver that exited with an outcome code (1, 2, 3, 4) failed, most specific first:
+    invalid input (exit 4: the CLI's error line, from Ray's message or `log_tail`, names the field
+    and value); nothing stable; the report's error ("full run diverged at step ...", "probes
+    crashed: ..."); the parent run's reason tag; the CLI's own error line; Ray's message."""
+    if info.driver_exit_code == M.EXIT_INVALID:
+        said = cli_error(info.message) or cli_error(log_tail)
+        if not said:
+            return f"{INVALID_INPUT} (see the driver's log)"
+        return (said if said.startswith("invalid") else f"{INVALID_INPUT}: {said}")[:2000]
     outcome = outcome_of(report, parent)
     if outcome == M.OUTCOME_NONE_STABLE or (outcome is None and info.driver_exit_code == M.EXIT_NONE_STABLE):
         return NO_STABLE

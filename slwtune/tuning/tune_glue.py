@@ -4,6 +4,15 @@ The pattern of Ray's Train+Tune guide: `probe_trial` (the per-trial driver)
 builds a `TorchTrainer` named after the trial id and forwards rank 0's reports
 to Tune with `TuneReportCallback`; the Tuner stops a trial at the first report
 whose verdict is not stable (`VerdictStopper`) and caps concurrency.
+
+Resume per probe follows Ray Tune's own restore (`Tuner.restore(resume_unfinished=True)`):
+finished trials are kept, unfinished ones continue from their latest checkpoint. Tune's
+experiment snapshot is written at most every 10 s (`_ExperimentCheckpointManager`, "auto"
+period), so a probe that ended just before its driver died would run again; instead a
+`JournalCallback` hands each report and each end to the job's journal (job.json) as it
+happens. A probe that was training goes on under its first trial's id (`RESUME_TRIAL_KEY`):
+the same Train V2 run name, which Train resumes from its latest checkpoint, and the same
+MLflow run, tagged with the step it went on from.
 """
 
 from __future__ import annotations
@@ -22,6 +31,13 @@ from slwtune.train_loop import RunOptions
 from slwtune.tuning.strategies import Outcome, Probe
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to metrics by TuneReportCallback
+RESUME_TRIAL_KEY = "resume_trial_id"  # in a probe's knobs: the first trial of this probe, whose runs it goes on with
+RESUME_STEP_KEY = "resumed_from_step"  # ... and the step of the checkpoint it goes on from
+
+
+def probe_trial_id(config: dict, tune_trial_id: str) -> str:
+    """The id a probe's Train run and MLflow run are named after: its first trial's, across driver restarts."""
+    return config.get(RESUME_TRIAL_KEY) or tune_trial_id
 
 
 class VerdictStopper:
@@ -57,16 +73,20 @@ def probe_trial(config: dict) -> None:
     base = JobSpec.model_validate(config["spec"])
     control = not config.get("slw", True)
     spec = base.without_slw() if control else base.with_slw(config["start_length"], config["duration_steps"])
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = probe_trial_id(config, tune.get_context().get_trial_id())
     name = "control-no-slw" if control else f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}"
     uri, run_id = config.get("mlflow_uri"), None
-    if uri:
+    if uri and config.get(RESUME_TRIAL_KEY):  # the same MLflow run goes on: the probe shows once
+        run_id = reopen_probe_run(uri, config, trial_id)
+    if uri and not run_id:
+        tags = {M.TAG_KIND: M.KIND_CONTROL if control else M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id,
+                M.TAG_JOB_ID: config.get("job_id", ""), M.TAG_ROUND: config.get("round", 0),
+                **tracking.knob_tags(spec)}
+        if config.get(RESUME_TRIAL_KEY):
+            tags[M.TAG_RESUMED_FROM_STEP] = config.get(RESUME_STEP_KEY) or 0
         run_id = tracking.best_effort(
             "create the probe's run", tracking.create_run, uri, config["experiment"], f"{name}-{trial_id}",
-            parent_run_id=config.get("parent_run_id"), params=tracking.run_params(spec),
-            tags={M.TAG_KIND: M.KIND_CONTROL if control else M.KIND_PROBE, M.TAG_TRIAL_ID: trial_id,
-                  M.TAG_JOB_ID: config.get("job_id", ""), M.TAG_ROUND: config.get("round", 0),
-                  **tracking.knob_tags(spec)})
+            parent_run_id=config.get("parent_run_id"), params=tracking.run_params(spec), tags=tags)
     options = RunOptions(max_steps=config["probe_steps"], mlflow_uri=uri, mlflow_run_id=run_id,
                          stop_when_unstable=True, spill_dir=config.get("spill_dir"))
     trainer = make_trainer(spec, options, name=f"{config['job_name']}probe-{trial_id}",
@@ -79,6 +99,21 @@ def probe_trial(config: dict) -> None:
                                  {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: str(exc)[-500:]})
             tracking.best_effort("end the crashed probe", tracking.end_run, uri, run_id, "FAILED")
         raise
+
+
+def reopen_probe_run(uri: str, config: dict, trial_id: str) -> str | None:
+    """The MLflow run of the probe's first trial, RUNNING again and tagged with the step it goes on
+    from; None when it cannot be found (MLflow down, or never created)."""
+    parent = config.get("parent_run_id")
+    run = tracking.best_effort("find the probe's run", tracking.find_child, uri, parent, M.TAG_TRIAL_ID,
+                               trial_id) if parent else None
+    if run is None:
+        return None
+    run_id = run.info.run_id
+    tracking.best_effort("reopen the probe's run", tracking.reopen_run, uri, run_id)
+    tracking.best_effort("tag the resumed probe", tracking.set_tags, uri, run_id,
+                         {M.TAG_RESUMED_FROM_STEP: config.get(RESUME_STEP_KEY) or 0})
+    return run_id
 
 
 @dataclass
@@ -105,6 +140,7 @@ class ProbeResult:
     spike_count: int = 0    # loss spikes seen, recovered ones included (slwtune.stability)
     spike_max_ratio: float | None = None  # the largest spike's loss ratio
     spike_step: int | None = None         # where it was
+    resumed_from_step: int | None = None  # its driver was lost mid-probe; it went on from this checkpoint
 
     @property
     def probe(self) -> Probe:
@@ -129,11 +165,15 @@ def _num(metrics: dict, key: str) -> float | None:
 
 def result_to_probe(result, round_index: int) -> ProbeResult:
     """A Tune `Result` -> ProbeResult; a crashed trial becomes verdict `failed`."""
-    metrics = dict(result.metrics or {})
-    config = result.config or {}
+    return probe_from(dict(result.metrics or {}), result.config or {}, result.error, _curve(result), round_index)
+
+
+def probe_from(metrics: dict, config: dict, error: BaseException | None, curve: list,
+               round_index: int) -> ProbeResult:
+    """A probe's last report (and its knobs, lifted) -> ProbeResult; an error makes it `failed`."""
     verdict, reason = metrics.get(M.VERDICT), metrics.get(M.REASON, "")
-    if result.error is not None:
-        verdict, reason = M.FAILED, f"{type(result.error).__name__}: {str(result.error)[:300]}"
+    if error is not None:
+        verdict, reason = M.FAILED, f"{type(error).__name__}: {str(error)[:300]}"
     elif verdict is None:
         verdict, reason = M.FAILED, "the trial reported nothing"
     return ProbeResult(
@@ -142,11 +182,18 @@ def result_to_probe(result, round_index: int) -> ProbeResult:
         best_val_ppl=_num(metrics, M.BEST_VAL_PPL), final_val_ppl=_num(metrics, M.VAL_PPL),
         max_loss_ratio=_num(metrics, M.MAX_LOSS_RATIO), steps=int(metrics.get(M.STEP) or 0),
         tokens=int(metrics.get(M.TRAIN_TOKENS) or 0), wall_s=float(metrics.get(M.WALL_S) or 0.0),
-        checkpoint=with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage")),
-        trial_id=str(metrics.get("trial_id", "")),
-        round=round_index, curve=_curve(result), slw=bool(config.get("slw", True)),
-        mlflow_unsent=int(metrics.get(M.MLFLOW_UNSENT) or 0), **spike_fields(metrics),
+        checkpoint=report_checkpoint(metrics, config),
+        trial_id=probe_trial_id(config, str(metrics.get("trial_id", ""))),
+        round=round_index, curve=curve, slw=bool(config.get("slw", True)),
+        mlflow_unsent=int(metrics.get(M.MLFLOW_UNSENT) or 0),
+        resumed_from_step=config.get(RESUME_STEP_KEY) if config.get(RESUME_TRIAL_KEY) else None,
+        **spike_fields(metrics),
     )
+
+
+def report_checkpoint(metrics: dict, config: dict) -> str | None:
+    """The checkpoint a report came with (most reports have none), as a path or URI."""
+    return with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage"))
 
 
 def spike_fields(report: dict) -> dict:
@@ -171,15 +218,57 @@ def with_storage_scheme(path: str | None, storage: str | None) -> str | None:
 CURVE_COLUMNS = (M.STEP, M.VAL_PPL, M.TRAIN_LOSS_RATIO, M.TRAIN_TOKENS)
 
 
+def curve_row(metrics: dict) -> list:
+    """[step, val ppl, loss ratio, tokens] of one report (None where absent or not finite)."""
+    return [_num(metrics, c) for c in CURVE_COLUMNS]
+
+
 def _curve(result) -> list:
-    """[step, val ppl, loss ratio, tokens] of every report of a trial (None where absent or not finite)."""
+    """The `curve_row` of every report of a trial."""
     df = getattr(result, "metrics_dataframe", None)
     if df is None or M.STEP not in getattr(df, "columns", []):
         return []
-    rows = []
-    for _, rec in df.iterrows():
-        rows.append([_num(dict(rec), c) if c in df.columns else None for c in CURVE_COLUMNS])
-    return rows
+    return [curve_row(dict(rec)) for _, rec in df.iterrows()]
+
+
+class JournalCallback:
+    """Hands each probe's reports and its end to `journal` as they happen, in the driver (a Tune
+    callback): `journal.progress(probe, trial_id, row, checkpoint)` per report (`row` a
+    `curve_row`, `checkpoint` the report's or None) and `journal.done(result)` when a trial ends.
+
+    A journal that fails (a full disk) warns and leaves the probes running: resume is a bonus.
+    """
+
+    def __init__(self, journal, round_index: int):
+        self.journal, self.round_index = journal, round_index
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        config = lifted(trial.config)
+        self._call(self.journal.progress, Probe(int(config["start_length"]), int(config["duration_steps"]),
+                                                bool(config.get("slw", True))),
+                   probe_trial_id(config, trial.trial_id), curve_row(result), report_checkpoint(result, config))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        config = lifted(trial.config)
+        metrics = {**(trial.last_result or {}), "trial_id": trial.trial_id}
+        self._call(self.journal.done, probe_from(metrics, config, None, [], self.round_index))
+
+    @staticmethod
+    def _call(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            print(f"slwtune: warning: the probe journal failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+def journal_callback(journal, round_index: int):
+    """A `JournalCallback` that Tune accepts (its Callback base class is imported lazily)."""
+    from ray import tune
+
+    class _JournalCallback(JournalCallback, tune.Callback):
+        pass
+
+    return _JournalCallback(journal, round_index)
 
 
 def base_config(spec: JobSpec, *, job_id: str, storage: str, parent_run_id: str | None,
@@ -197,13 +286,19 @@ def trial_resources(spec: JobSpec) -> dict:
 
 def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: str, storage: str,
               parent_run_id: str | None, mlflow_uri: str | None, attempt: int = 1,
-              spill_dir: str | None = None) -> list[ProbeResult]:
-    """Run one round of probes concurrently (up to tuning.max_concurrent_trials) on Ray Tune."""
+              spill_dir: str | None = None, resume: dict[Probe, dict] | None = None,
+              journal=None) -> list[ProbeResult]:
+    """Run one round of probes concurrently (up to tuning.max_concurrent_trials) on Ray Tune.
+
+    `resume`: per probe that was training when an earlier driver died, the knobs that make it go on
+    (`RESUME_TRIAL_KEY`, `RESUME_STEP_KEY`); `journal`: told each report and end (`JournalCallback`).
+    """
     from ray import tune
 
+    resume = resume or {}
     param_space = base_config(spec, job_id=job_id, storage=storage, parent_run_id=parent_run_id,
                               mlflow_uri=mlflow_uri, round_index=round_index, spill_dir=spill_dir)
-    param_space["knobs"] = tune.grid_search([p.as_config() for p in probes])
+    param_space["knobs"] = tune.grid_search([{**p.as_config(), **resume.get(p, {})} for p in probes])
     tuner = tune.Tuner(
         tune.with_resources(lift_knobs(probe_trial), trial_resources(spec)),
         param_space=param_space,
@@ -211,6 +306,7 @@ def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: s
         run_config=tune.RunConfig(name=f"{job_prefix(spec.name, job_id)}round{round_index}"
                                   + (f"-attempt{attempt}" if attempt > 1 else ""), storage_path=storage,
                                   stop=verdict_stopper(), verbose=0,
+                                  callbacks=[journal_callback(journal, round_index)] if journal else None,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     start = time.time()
@@ -221,11 +317,16 @@ def run_round(spec: JobSpec, probes: list[Probe], *, round_index: int, job_id: s
     return results
 
 
+def lifted(config: dict | None) -> dict:
+    """A trial's config with its knobs (one grid_search dict) at the top level."""
+    return {**(config or {}), **(config or {}).get("knobs", {})}
+
+
 def lift_knobs(fn):
     """Wrap a trial function so `config["knobs"]` (one grid_search dict) sits at the top level."""
 
     def trial(config: dict) -> None:
-        return fn({**config, **config.get("knobs", {})})
+        return fn(lifted(config))
 
     trial.__name__ = fn.__name__
     return trial
@@ -238,4 +339,4 @@ class KnobsResult:
         self.metrics = result.metrics
         self.error = result.error
         self.metrics_dataframe = getattr(result, "metrics_dataframe", None)
-        self.config = {**(result.config or {}), **(result.config or {}).get("knobs", {})}
+        self.config = lifted(result.config)

@@ -51,11 +51,12 @@ def test_trials_and_logs(api):
     api.mlflow.children[f"run-{job['id']}"] = [
         {"run_id": "c1", "kind": "probe", "status": "FINISHED", "start_length": 8, "duration_steps": 16,
          "verdict": "diverged", "reason": "loss ratio 3.1", "metrics": {"val/ppl": float("nan"), "step": 12.0}},
-        {"run_id": "c2", "kind": "probe", "status": "RUNNING", "metrics": {"val/ppl": 41.5}},
+        {"run_id": "c2", "kind": "probe", "status": "RUNNING", "metrics": {"val/ppl": 41.5}, "resumed_from_step": 32},
     ]
     trials = api.call("GET", f"/v1/jobs/{job['id']}/trials").json()
     assert trials["count"] == 2 and trials["data"][0]["metrics"] == {"val/ppl": None, "step": 12.0}
     assert trials["data"][0]["verdict"] == "diverged"
+    assert [t["resumed_from_step"] for t in trials["data"]] == [None, 32]  # went on after its driver was lost
     logs = api.call("GET", f"/v1/jobs/{job['id']}/logs", params={"tail": 2}).json()
     assert logs == {"job_id": job["id"], "lines": ["line 2", "line 3"], "truncated": True}
 

@@ -39,8 +39,20 @@ def test_nothing_stable_is_failed_with_a_reason(api):
 DIVERGED_AT = "full run diverged: loss ratio 3.10 at step 12 exceeds 1.5 (loss 9.3, minimum so far 3)"
 
 
+ENTRYPOINT_PROBLEM = ("model.entrypoint='mypkg.loop:train': cannot import 'mypkg.loop' "
+                      "(ModuleNotFoundError: No module named 'mypkg')")
+ENTRYPOINT_ERROR = f"invalid job spec:\n  {ENTRYPOINT_PROBLEM}\n"  # how the CLI prints a SpecError
+ENTRYPOINT_REASON = f"invalid job spec: {ENTRYPOINT_PROBLEM}"
+
+
 @pytest.mark.parametrize("exit_code,report,tags,message,expected", [
     (M.EXIT_NONE_STABLE, None, {}, "boom", NO_STABLE),                        # the exit code alone says it
+    # invalid input is not a tuning result: the CLI's error line names the field and value
+    (M.EXIT_INVALID, None, {}, "Job entrypoint command failed with exit code 4, last available logs:\n"
+     f"slwtune: error: {ENTRYPOINT_ERROR}", ENTRYPOINT_REASON),
+    (M.EXIT_INVALID, None, {}, "slwtune: error: no such dataset folder /data/x\n",
+     "invalid input: no such dataset folder /data/x"),
+    (M.EXIT_INVALID, None, {}, "boom", "invalid input (see the driver's log)"),
     (M.EXIT_RUN_FAILED, {"outcome": M.OUTCOME_RUN_FAILED, "error": DIVERGED_AT}, {}, "boom", DIVERGED_AT),
     # every probe crashed: the verdict tag says none_stable, but a crash is not instability
     (M.EXIT_INFRA, {"outcome": M.OUTCOME_PROBES_CRASHED, "error": "probes crashed: OOM"},
@@ -53,6 +65,21 @@ DIVERGED_AT = "full run diverged: loss ratio 3.10 at step 12 exceeds 1.5 (loss 9
 def test_failure_reason(exit_code, report, tags, message, expected):
     parent_run = parent("j", phase=M.PHASE_DONE, **tags) if tags else None
     assert failure_reason(RayJobInfo("FAILED", message, exit_code), report, parent_run) == expected
+
+
+def test_failure_reason_of_invalid_input_reads_the_log_when_rays_message_lacks_it():
+    log_tail = f"loading the spec\nslwtune: error: {ENTRYPOINT_ERROR}"
+    info = RayJobInfo("FAILED", "Job entrypoint command failed with exit code 4", M.EXIT_INVALID)
+    assert failure_reason(info, None, None, log_tail) == ENTRYPOINT_REASON
+
+
+def test_an_entrypoint_the_cluster_cannot_import_fails_the_job_as_invalid_input(api):
+    job = api.submit()
+    api.ray.jobs[job["id"]].update(status="FAILED", exit=M.EXIT_INVALID, message="Job entrypoint command failed",
+                                   logs=f"slwtune: error: {ENTRYPOINT_ERROR}")
+    got = api.call("GET", f"/v1/jobs/{job['id']}").json()
+    assert (got["state"], got["error"], got["restarts"]) == ("failed", ENTRYPOINT_REASON, [])
+    assert got["error"] != NO_STABLE
 
 
 def test_api_phase_keeps_the_last_working_phase_when_done():

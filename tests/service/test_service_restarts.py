@@ -1,6 +1,6 @@
-"""A job whose driver is lost (killed, forgotten by Ray, stopped behind the service's back) is
-resubmitted with `slwtune tune --resume`, up to SLWTUNE_MAX_DRIVER_RESTARTS; a driver that ended
-the job itself (exit 0-3) never is."""
+"""A job whose driver is lost (killed, forgotten by Ray) is resubmitted with `slwtune tune --resume`,
+up to SLWTUNE_MAX_DRIVER_RESTARTS; a driver that ended the job itself (exit 0-4), or that someone
+stopped in Ray, never is."""
 
 import json
 import shlex
@@ -13,7 +13,8 @@ from slwtune import metrics as M
 
 from service.db import JobRow
 from service.jobs.reconciliation import reconcile_all, refresh
-from service.jobs.restarts import NO_RECORD, STOPPED_IN_RAY, describe_exit
+from service.jobs.restarts import NO_RECORD, describe_exit
+from service.jobs.results import STOPPED_OUTSIDE
 from service.ray_jobs import RayJobInfo
 from service.settings import Settings
 
@@ -126,7 +127,7 @@ def test_restarts_can_be_turned_off(make_api, monkeypatch):
         assert got["state"] == "failed" and got["restarts"] == [] and "SLWTUNE_MAX_DRIVER_RESTARTS=0" in got["error"]
 
 
-@pytest.mark.parametrize("code", [M.EXIT_RUN_FAILED, M.EXIT_NONE_STABLE, M.EXIT_INFRA])
+@pytest.mark.parametrize("code", [M.EXIT_RUN_FAILED, M.EXIT_NONE_STABLE, M.EXIT_INFRA, M.EXIT_INVALID])
 def test_a_driver_that_ended_the_job_itself_is_never_restarted(api, code):
     job = api.submit()
     write_job_state(api, job["id"])
@@ -143,13 +144,20 @@ def test_a_driver_ray_could_not_start_is_not_restarted(api):
     assert (got["state"], got["error"], got["restarts"]) == ("failed", "runtime_env setup failed: no such package", [])
 
 
-def test_a_stop_made_in_ray_is_a_lost_driver_but_a_cancel_is_not(api):
+def test_a_stop_made_in_ray_is_cancelled_like_a_cancel_and_neither_is_restarted(api):
     stopped, cancelled = api.submit(), api.submit()
-    api.ray.jobs[stopped["id"]]["status"] = "STOPPED"
-    assert read(api, stopped["id"])["restarts"][0]["reason"] == STOPPED_IN_RAY
+    api.ray.jobs[stopped["id"]]["status"] = "RUNNING"
+    write_job_state(api, stopped["id"])  # resumable: a lost driver would be restarted
+    api.mlflow.parents[stopped["id"]] = parent(stopped["id"])
+    assert read(api, stopped["id"])["state"] == "running"
+    api.ray.jobs[stopped["id"]]["status"] = "STOPPED"  # `ray job stop`, behind the service's back
+    got = read(api, stopped["id"])
+    assert (got["state"], got["restarts"], got["error"]) == ("cancelled", [], STOPPED_OUTSIDE)
+    assert list(api.ray.jobs) == [stopped["id"], cancelled["id"]] and f"run-{stopped['id']}" in api.mlflow.killed
     api.ray.jobs[cancelled["id"]]["status"] = "RUNNING"
     assert api.call("POST", f"/v1/jobs/{cancelled['id']}/cancel").json()["state"] == "cancelled"
     assert read(api, cancelled["id"])["restarts"] == [] and f"{cancelled['id']}-r1" not in api.ray.jobs
+    assert read(api, cancelled["id"])["error"] is None
 
 
 def test_a_job_ray_forgot_is_restarted(api):

@@ -102,8 +102,17 @@ def test_one_slot_reports_the_extra_evidence_in_the_simulation(preset):
 
 
 def test_narrow_middle_band_of_the_demo_is_found_past_max_rounds():
-    spec = load_spec("shakespeare-demo")
+    # the landscape, over the demo's own range (the race's cap on T, 149 steps, is off here)
+    spec = load_spec("shakespeare-demo", ["tuning.race=false"])
     sim = simulate(spec, Landscape(diverged_below=184, fluctuating_above=248))
     assert 184 <= sim["chosen"]["duration_steps"] <= 248
     assert len(sim["rounds"]) > spec.tuning.max_rounds
     assert any("max_rounds" in n for n in sim["notes"])
+
+
+def test_narrow_band_inside_the_demo_cap_is_found_with_the_race_on():
+    spec = load_spec("shakespeare-demo")
+    cap = spec.duration_cap()
+    assert spec.tuning.duration_min < cap < spec.tuning.duration_max
+    sim = simulate(spec, Landscape(diverged_below=cap - 40, fluctuating_above=cap - 10))
+    assert cap - 40 <= sim["chosen"]["duration_steps"] <= cap - 10

@@ -3,7 +3,7 @@
 `import slwtune` stays light: the public names below load their module on first use, so
 `from slwtune import SeqLengthWarmup` in your own loop pulls in torch and nothing else
 (no Ray, MLflow, optuna or the service). `slwtune.tune_function(train_fn, spec)` tunes SLW for
-your own training function (`slwtune.user_loop`); it brings in Ray when it runs.
+your own training function (`slwtune.user_loop` runs it; `slwtune.driver` tunes it); it brings in Ray when it runs.
 """
 
 from importlib import import_module
@@ -13,7 +13,7 @@ _LAZY = {
     "SeqLengthWarmup": "slwtune.slw",
     "LRSchedule": "slwtune.slw",
     "TokenClock": "slwtune.slw",
-    "tune_function": "slwtune.user_loop",
+    "tune_function": "slwtune.driver",
     "TrainContext": "slwtune.user_loop",
 }
 

@@ -152,10 +152,20 @@ def cmd_serve(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    # The local dev stack is its own package beside the library (it knows the service's layout).
-    from devstack.demo import run_demo
+    return installed_app("demo")(keep_up=args.keep_up, preset=args.preset)
 
-    return run_demo(keep_up=args.keep_up, preset=args.preset)
+
+def installed_app(name: str):
+    """A command the library does not own, found through the `slwtune.apps` entry points that
+    pyproject.toml declares (`demo`: the local dev stack, `devstack.demo:run_demo`): the library
+    never imports the layers above it."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="slwtune.apps", name=name))
+    if not found:
+        raise SlwtuneError(f"`slwtune {name}` is not installed here: install slwtune from its repository "
+                           f"(`make install` or `pip install -e .`), which registers it")
+    return found[0].load()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,21 +10,23 @@ rerun, unfinished probes and the full run continue from their last checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from slwtune import metrics as M
 from slwtune import storage, tracking
 from slwtune.export import MODEL_ARTIFACT_DIR, export_model
 from slwtune.job import Job
 from slwtune.raycluster import ensure_ray, local_cpus_for
-from slwtune.spec import JobSpec
+from slwtune.spec import JobSpec, load_spec, parse_spec
 from slwtune.train import fit_and_summarize, make_trainer
 from slwtune.train_loop import RunOptions
 from slwtune.tuning import race as R
 from slwtune.tuning.race import ARM_BASELINE, ARM_SLW, Arm, run_race_round
 from slwtune.tuning.report import SLW_NOT_NEEDED, build_report, compare_with_control, write_plots, write_report
-from slwtune.tuning.strategies import Probe, Search, make_search
+from slwtune.tuning.searches import make_search
+from slwtune.tuning.strategies import Probe, Search
 from slwtune.tuning.tune_glue import ProbeResult, run_round
-from slwtune.user_loop import load_entrypoint
+from slwtune.user_loop import entrypoint_of, load_entrypoint
 
 
 # ---- probe phase -----------------------------------------------------------------------
@@ -396,3 +398,19 @@ def finish_report(job: Job, report: dict, results: list[ProbeResult], control: P
     if unsent:
         job.warn(f"{unsent} metrics never reached MLflow; they are kept in {job.spill_dir}")
     report.update(restarts=list(job.restarts), warnings=list(job.warnings), disk_bytes=job_disk_bytes(job))
+
+
+def tune_function(train_fn: Callable, spec: JobSpec | dict | str, out_dir: str | Path = "slwtune-out",
+                  **run_job_kwargs) -> dict:
+    """Tune SLW for your own training function: probes, selection and full run, as `slwtune tune`.
+
+    train_fn: a module-level function `train_fn(ctx)` (see `slwtune.user_loop`); spec: a
+    `JobSpec`, a dict, or a spec file / preset name; its `model.entrypoint` is set from train_fn.
+    Other keyword arguments go to `run_job` (address, job_id, full_run, ...).
+    Returns the job's report (also written to out_dir/report.json).
+    """
+    entrypoint = entrypoint_of(train_fn)
+    base = spec if isinstance(spec, (JobSpec, dict)) else load_spec(spec)
+    data = base.to_dict() if isinstance(base, JobSpec) else dict(base)
+    data["model"] = {**(data.get("model") or {}), "entrypoint": entrypoint}
+    return run_job(parse_spec(data), out_dir, **run_job_kwargs)

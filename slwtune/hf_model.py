@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from slwtune.errors import ModelError
-from slwtune.model import masked_cross_entropy
+from slwtune.losses import masked_cross_entropy
 
 __all__ = ["HfCausalLM", "HfModelConfig", "hf_config", "build_hf_model"]
 

@@ -11,7 +11,8 @@ from slwtune import metrics as M
 from slwtune.errors import SpecError
 from slwtune.pacing import make_pacing
 from slwtune.spec import JobSpec
-from slwtune.tuning.strategies import Outcome, Probe, make_search
+from slwtune.tuning.searches import make_search
+from slwtune.tuning.strategies import Outcome, Probe
 
 
 def _probe_tokens_and_flops(spec: JobSpec, start: int, duration: int, flops_fn) -> tuple[int, float]:

@@ -50,7 +50,7 @@ from slwtune.checkpoint import TrainState, local_checkpoint_dir, seed_everything
 from slwtune.errors import SlwtuneError, SpecError
 from slwtune.schedule import LRSchedule, lr_schedule_from_spec
 from slwtune.slw import SeqLengthWarmup
-from slwtune.spec import JobSpec, load_spec, parse_spec
+from slwtune.spec import JobSpec
 from slwtune.stability import StabilityMonitor
 from slwtune.tracking import RunLogger
 from slwtune.train_loop import RunOptions, adam_stats, all_reduce_sum_, print_progress, report_row, should_stop
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from slwtune.sessions import Session
 
 __all__ = ["TrainContext", "Knobs", "StopTraining", "run_user_function", "load_entrypoint", "entrypoint_of",
-           "tune_function", "STATE_FILE"]
+           "STATE_FILE"]
 
 STATE_FILE = "slwtune_state.json"  # the verdict so far, in each checkpoint a user loop reports
 
@@ -320,21 +320,3 @@ def run_user_function(spec: JobSpec, options: RunOptions, session: Session) -> d
         ctx.close_after_error()
         raise
     return ctx.finish()
-
-
-def tune_function(train_fn: Callable, spec: JobSpec | dict | str, out_dir: str | Path = "slwtune-out",
-                  **run_job_kwargs) -> dict:
-    """Tune SLW for your own training function: probes, selection and full run, as `slwtune tune`.
-
-    train_fn: a module-level function `train_fn(ctx)` (see this module's docstring); spec: a
-    `JobSpec`, a dict, or a spec file / preset name; its `model.entrypoint` is set from train_fn.
-    Other keyword arguments go to `slwtune.driver.run_job` (address, job_id, full_run, ...).
-    Returns the job's report (also written to out_dir/report.json).
-    """
-    from slwtune.driver import run_job
-
-    entrypoint = entrypoint_of(train_fn)
-    base = spec if isinstance(spec, (JobSpec, dict)) else load_spec(spec)
-    data = base.to_dict() if isinstance(base, JobSpec) else dict(base)
-    data["model"] = {**(data.get("model") or {}), "entrypoint": entrypoint}
-    return run_job(parse_spec(data), out_dir, **run_job_kwargs)

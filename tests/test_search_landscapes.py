@@ -13,7 +13,8 @@ import pytest
 
 from slwtune.plan import Landscape, simulate
 from slwtune.spec import list_presets, load_spec
-from slwtune.tuning.strategies import Outcome, make_search
+from slwtune.tuning.searches import make_search
+from slwtune.tuning.strategies import Outcome
 
 KINDS = ["low", "middle", "high", "everywhere", "nowhere"]
 DRAWS = 20

@@ -10,9 +10,9 @@ from slwtune.tuning.strategies import (
     PaperSearch,
     Probe,
     choose_paper_rule,
-    make_search,
     start_length_choices,
 )
+from slwtune.tuning.searches import make_search
 
 
 def run(search, oracle, max_rounds=50):

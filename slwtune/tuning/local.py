@@ -25,7 +25,8 @@ from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning import race as R
 from slwtune.tuning.report import SLW_NOT_NEEDED, compare_with_control
-from slwtune.tuning.strategies import Probe, make_search
+from slwtune.tuning.searches import make_search
+from slwtune.tuning.strategies import Probe
 from slwtune.tuning.tune_glue import CURVE_COLUMNS, ProbeResult, spike_fields
 
 __all__ = ["CPU_S", "LocalTuning", "StepRecorder", "probe_spec", "run_probe", "tune_locally"]

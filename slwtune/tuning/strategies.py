@@ -7,7 +7,7 @@ assumptions (`violations()`) and what it decided along the way (`notes`). The
 driver runs each round on Ray Tune, the same way for every strategy. The
 paper's rule (slw-spec section 5) is `PaperSearch`; `GridSearch` runs explicit
 lists; Optuna's TPE lives in `slwtune.tuning.optuna_search` and asks/tells its
-own study. `make_search` builds the one a spec asks for.
+own study. `slwtune.tuning.searches.make_search` builds the one a spec asks for.
 """
 
 from __future__ import annotations
@@ -284,16 +284,3 @@ def start_length_choices(start: int, max_start: int) -> list[int]:
         out.append(s)
         s *= 2
     return out
-
-
-def make_search(spec, *, study_name: str, default_storage: str) -> Search:
-    """The strategy the spec asks for (`tuning.strategy`)."""
-    t = spec.tuning
-    if t.strategy == "grid":
-        return GridSearch(list(t.start_lengths), list(t.durations))
-    if t.strategy == "optuna":
-        from slwtune.tuning.optuna_search import OptunaSearch
-
-        return OptunaSearch(spec, study_name=study_name, storage_url=t.optuna_storage or default_storage)
-    return PaperSearch(t_min=t.duration_min, t_max=t.duration_max, resolution=t.resolution, slots=t.slots,
-                       max_rounds=t.max_rounds, start=spec.slw.start_length, max_start=t.max_start_length)

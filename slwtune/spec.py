@@ -330,6 +330,8 @@ class JobSpec(_Section):
             return self, (f"the run is too short for the race to see past any searched T (cap {cap} steps < "
                           f"tuning.duration_min={t.duration_min}): T is not capped, and an SLW arm still in its "
                           f"warmup at the race budget cannot win it")
+        if t.strategy == "paper":  # an interval narrower than the resolution would leave nothing to search
+            cap = max(cap, min(t.duration_max, t.duration_min + t.resolution))
         durations = [d for d in t.durations or [] if d <= cap] or ([min(t.durations)] if t.durations else None)
         if t.duration_max <= cap and durations == t.durations:
             return self, None

@@ -315,3 +315,10 @@ def test_a_race_over_the_whole_run_leaves_the_full_run_its_last_evaluation():
     last_eval = spec.run.eval_every_steps * spec.data.batch_size * spec.slw.full_length
     assert spec.race_tokens() == spec.budget.train_tokens - last_eval
     assert R.segment_milestones(512, spec)[-1] == spec.race_tokens()
+
+
+def test_the_t_cap_never_leaves_the_paper_search_an_interval_narrower_than_its_resolution():
+    spec = tiny(strategy="paper", duration_min=4, duration_max=64, resolution=16, race_max_fraction=0.3)
+    fitted, note = spec.fitted_to_run()
+    assert spec.duration_cap() < 4 + 16  # the bare cap would leave less than one resolution
+    assert fitted.tuning.duration_max == 4 + 16 and "capped" in note

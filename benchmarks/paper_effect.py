@@ -128,7 +128,7 @@ def full_run_spec(spec: JobSpec) -> JobSpec:
     ends it early; the loss ceiling is off."""
     data = spec.to_dict()
     data["tuning"]["stability"]["loss_ratio_max"] = NO_RATIO_STOP
-    data["tuning"]["stability"]["loss_ceiling_margin"] = None
+    data["tuning"]["stability"]["loss_ceiling_margin"] = 1000.0  # its largest value: off in effect
     return JobSpec.model_validate(data)
 
 

@@ -100,7 +100,7 @@ def truth_spec(spec: JobSpec) -> JobSpec:
     """Train on whatever the loss does: spike and ceiling rules lifted; a non-finite loss still ends it."""
     raw = spec.to_dict()
     raw["tuning"]["stability"].update(loss_ratio_max=100.0, spike_patience=100_000, spike_recovery_steps=10_000_000,
-                                      loss_ceiling_margin=None)
+                                      loss_ceiling_margin=1000.0)
     return JobSpec.model_validate(raw)
 
 

@@ -168,9 +168,9 @@ class StabilitySpec(_Section):
     spike_recovery_steps: int = Field(
         25, ge=1, le=10_000_000, description="a spike not back to its window's mean within this many steps: "
                                              "diverged")
-    loss_ceiling_margin: float | None = Field(
+    loss_ceiling_margin: float = Field(
         1.0, ge=0.0, le=1000.0, description="spike_patience consecutive losses above ln(vocab) + this "
-                                            "(worse than an untrained model): diverged; null: off")
+                                            "(worse than an untrained model): diverged; 1000: off in effect")
     ppl_rise_tolerance: float = Field(
         0.05, ge=0.0, le=10.0, description="a rise: val ppl above (1+tol) x best earlier"
     )

@@ -195,8 +195,7 @@ class StabilityMonitor:
         _check_window(window_steps)
         self.thresholds, self.window_steps = thresholds, window_steps
         margin = thresholds.loss_ceiling_margin
-        self.ceiling = math.log(vocab_size) + margin if vocab_size and vocab_size > 1 and margin is not None \
-            else math.inf
+        self.ceiling = math.log(vocab_size) + margin if vocab_size and vocab_size > 1 else math.inf
         self.ratios = LossRatioTracker()
         self.verdict = Verdict()
         self.last_loss_ratio = 1.0

@@ -102,7 +102,7 @@ def test_loss_above_untrained_ceiling_diverges_only_with_a_vocab():
     assert verdict_of(train, [], T, 60).status == M.STABLE
     v = run_monitor(train, [], T, 60, vocab_size=2048).verdict
     assert (v.status, v.step) == (M.DIVERGED, 1) and f"for {T.spike_patience} steps to step 5" in v.reason
-    off = StabilitySpec(loss_ceiling_margin=None)
+    off = StabilitySpec(loss_ceiling_margin=1000.0)  # its largest value: off in effect
     assert run_monitor(train, [], off, 60, vocab_size=2048).verdict.status == M.STABLE
 
 

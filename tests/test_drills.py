@@ -68,6 +68,7 @@ DRILL = {
     "run.max_failures": 2,
 }
 JOB_TIMEOUT_S = 600
+START_TIMEOUT_S = 300  # a service start on a machine shared with other test runs (MLflow took >120 s once)
 FIGURES: dict = {}
 FULL_RUN_STEP = re.compile(r"full run: step (\d+),")
 
@@ -121,7 +122,7 @@ def stack(tmp_path_factory):
     s = Stack(root, ray, mlflow, api, api_without_ray)
     try:
         with ThreadPoolExecutor(4) as pool:
-            for f in [pool.submit(x.start) for x in (ray, mlflow, api, api_without_ray)]:
+            for f in [pool.submit(x.start, START_TIMEOUT_S) for x in (ray, mlflow, api, api_without_ray)]:
                 f.result()
         FIGURES["stack_start_s"] = round(time.time() - t0, 1)
         yield s
@@ -224,7 +225,7 @@ def kill_the_api_until_the_full_run(stack: Stack, job_id: str, resumed: str, rec
     rec["t_api_killed"] = time.time()
     wait_for(lambda: full_run_steps(stack, resumed), bool, 600, "the full run", every=0.5)
     t0 = time.time()
-    stack.api.start()
+    stack.api.start(START_TIMEOUT_S)
     rec["t_api_back"], rec["api_restart_s"] = time.time(), time.time() - t0
     # Start-up reconciliation ran before the API served: the registry has caught up already.
     rec["registry_at_start"] = db.execute("select state, phase from jobs where id = ?", (job_id,)).fetchone()
@@ -244,7 +245,7 @@ def stop_mlflow_for_a_while(stack: Stack, job_id: str, submission: str, rec: dic
     trials = stack.get(f"/v1/jobs/{job_id}/trials")
     rec["trials_while_down"] = (trials.status_code, trials.json().get("stale"), len(trials.json().get("data", [])))
     time.sleep(max(0.0, MLFLOW_DOWN_S - (time.time() - rec["t_mlflow_down"])))
-    stack.mlflow.start()
+    stack.mlflow.start(START_TIMEOUT_S)
     rec["t_mlflow_up"] = time.time()
     rec["mlflow_up_at_step"] = full_run_steps(stack, submission)[-1]
     if stack.ray_status(submission) != "RUNNING":
@@ -330,9 +331,11 @@ def test_driver_killed_mid_probe_reruns_no_finished_probe_and_resumes_the_other(
     trials = [t for t in stack.job_trials(rec["job_id"]) if t["kind"] == M.KIND_PROBE]
     assert sorted((t["round"], t["start_length"], t["duration_steps"]) for t in trials) == sorted(pairs)
     assert len(set(pairs)) == len(pairs) >= DRILL["tuning.slots"]
-    # Finished probes ran once: one Train run per probe, and no probe but the resumed one logged a step twice.
-    runs = list((stack.ray.temp_dir / "ray_results").glob(f"{job_prefix(DRILL['name'], rec['job_id'])}probe-*"))
-    assert len(runs) == len(pairs)
+    # Finished probes ran once: the one that had ended kept its journaled result, and no probe but the
+    # resumed one logged a step twice.
+    for key, entry in rec["journal_at_kill"].items():
+        if entry.get("result"):
+            assert rec["job_state"]["probes"][key]["result"] == entry["result"]
     client = mlflow_client(stack)
     history = {t["run_id"]: [m.step for m in sorted(client.get_metric_history(t["run_id"], M.TRAIN_LOSS),
                                                     key=lambda m: (m.timestamp, m.step))] for t in trials}
@@ -429,7 +432,8 @@ def test_mlflow_stopped_mid_job_loses_no_metric(stack, faulty_job):
     # Reads answered while it was down, naming it; the trials (MLflow's) as last read, marked stale.
     down = rec["read_while_down"]
     assert down["state"] == "running" and down["phase"] == M.PHASE_FULL_RUN
-    assert rec["trials_while_down"] == (200, True, rec["trials_before_down"]) and rec["trials_before_down"] >= 4
+    # the probes and the full run, as last read
+    assert rec["trials_while_down"] == (200, True, rec["trials_before_down"]) == (200, True, len(report["trials"]) + 1)
     assert full["mlflow_unsent"] == 0
     start = next(t["steps"] for t in report["trials"] if t["verdict"] == M.STABLE and
                  (t["start_length"], t["duration_steps"]) == (report["chosen"]["start_length"],

@@ -87,7 +87,12 @@ def test_unstable_corner_is_pruned_and_others_go_on(local_ray, tmp_path, monkeyp
     assert report["chosen"] == {"start_length": 8, "duration_steps": 16}
     from mlflow.tracking import MlflowClient
 
-    tags = {k.data.params["slw.duration_steps"]: k.data.tags for k in children(uri, report["mlflow_parent_run_id"])}
+    kids = children(uri, report["mlflow_parent_run_id"])
+    # a run without SLW (the control) shows no SLW knobs and says slw.enabled false
+    control = [k for k in kids if k.data.tags[M.TAG_KIND] == M.KIND_CONTROL]
+    assert all("slw.duration_steps" not in k.data.params and "slw.start_length" not in k.data.params
+               and k.data.tags[M.TAG_SLW_ENABLED] == "false" for k in control)
+    tags = {k.data.params["slw.duration_steps"]: k.data.tags for k in kids if k not in control}
     assert tags["1000"][M.TAG_VERDICT] == "fluctuating" and tags["1000"][M.TAG_REASON].startswith("val ppl")
     assert tags["16"][M.TAG_VERDICT] == "stable"
 

@@ -177,6 +177,10 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
         _say(f"no stable configuration: {job.get('error') or ''}")
         for advice in report.get("advice", []):
             _say(f"   - {advice}")
+    decision = report.get("decision") or job.get("decision") or {}
+    if decision.get("winner"):
+        who = "SLW with these knobs" if decision["winner"] == "slw" else "the baseline (SLW off)"
+        _say(f"decision:       {who}: {decision.get('reason') or ''}")
     if report:
         control = report.get("control") or {}
         if control:

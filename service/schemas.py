@@ -67,6 +67,23 @@ class FullRun(BaseModel):
     mlflow_unsent: int | None = Field(None, description="metrics MLflow never took (kept in the job folder)")
 
 
+class Decision(BaseModel):
+    """The report's `decision`: which arm won the race at equal tokens, why, and what it cost."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    raced: bool = False
+    winner: Literal["slw", "baseline"] | None = None
+    decided: bool | None = Field(None, description="false: undecided at the race budget (the safer arm went on)")
+    rule: str | None = Field(None, description="band | diverged | budget")
+    reason: str | None = None
+    tokens: int | None = Field(None, description="where it was decided, in tokens")
+    gap: float | None = Field(None, description="SLW minus control val loss at equal tokens (nats)")
+    band: float | None = Field(None, description="the noise band the gap was judged against (nats)")
+    race_tokens: int | None = Field(None, description="both arms' race tokens")
+    race_cost_tokens: int | None = Field(None, description="the loser's race tokens: the race's cost")
+
+
 class ControlProbe(BaseModel):
     """The baseline probe (SLW off over the probe window) the SLW probes are compared with."""
 
@@ -113,7 +130,8 @@ class JobPublic(BaseModel):
     outcome: JobOutcome | None = Field(None, description="what the driver's report says happened, once it ended")
     full_run: FullRun | None = None
     control: ControlProbe | None = None
-    baseline_wins: bool | None = Field(None, description="the control (SLW off) was stable and at least as good")
+    baseline_wins: bool | None = Field(None, description="the decision's winner is the baseline (SLW off)")
+    decision: Decision | None = Field(None, description="the race between SLW and the control that decided")
     message: str | None = Field(None, description="the report's plain statement (e.g. SLW is not needed)")
     warnings: list[str] = Field(default_factory=list,
                                 description="what went wrong around the job without failing it (MLflow down)")

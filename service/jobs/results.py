@@ -25,7 +25,7 @@ REPORT_FILE = "report.json"
 OUT_DIR = "out"  # the driver's --out inside the job folder (see submission.driver_command)
 REPORT_MAX_BYTES = 16 << 20  # a real report is tens of KiB
 # The report's fields the job view shows.
-VIEW_KEYS = ("full_run", "control", "baseline_wins", "message", "warnings", "disk_bytes")
+VIEW_KEYS = ("full_run", "control", "decision", "baseline_wins", "message", "warnings", "disk_bytes")
 NO_STABLE = "no stable configuration"
 INVALID_INPUT = "invalid input"  # what a driver that exited M.EXIT_INVALID was given: the CLI's error says which
 STOPPED_OUTSIDE = "stopped in Ray (`ray job stop` or the dashboard), not through this API"

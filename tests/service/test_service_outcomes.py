@@ -186,3 +186,20 @@ def test_a_registry_from_before_gets_the_new_columns(tmp_path):
 def test_huge_offsets_are_refused_not_crashed(api):
     assert api.call("GET", "/v1/jobs", params={"offset": 2**63}).status_code == 422
 
+
+
+def test_the_job_view_carries_the_race_decision(api):
+    job = api.submit()
+    done = report(M.OUTCOME_DONE, full_run=full_run(slw=False), control_ppl=25.0)
+    done["decision"] = {"raced": True, "winner": "baseline", "decided": False, "rule": "budget",
+                        "reason": "undecided at the race budget (the gap stayed inside the noise band): the "
+                                  "baseline, the safer arm, goes on",
+                        "tokens": 300_000, "gap": -0.153, "band": 0.173, "race_tokens": 533_504,
+                        "race_cost_tokens": 232_448, "arms": {"slw": {"curve": [[1, 2.0, 0.1]]}}}
+    api.write_report(job["id"], done)
+    got = ended(api, job["id"], "SUCCEEDED", M.EXIT_OK, message=None)
+    decision = got["decision"]
+    assert (decision["winner"], decision["decided"], decision["rule"], decision["tokens"]) == \
+        ("baseline", False, "budget", 300_000)
+    assert decision["gap"] == pytest.approx(-0.153) and decision["race_cost_tokens"] == 232_448
+    assert "arms" not in decision  # the curves stay in report.json

@@ -15,6 +15,7 @@ from service.db import JobRow, as_utc
 from service.jobs import actions, reconciliation, submission
 from service.schemas import (
     ControlProbe,
+    Decision,
     FullRun,
     JobCreate,
     JobDeleted,
@@ -75,6 +76,7 @@ def job_public(row: JobRow, b: Backends, detail: bool = False) -> JobPublic | Jo
                   ray_submission_id=row.ray_submission_id, mlflow_parent_run_id=row.mlflow_parent_run_id, links=links,
                   outcome=row.outcome, full_run=_part(FullRun, result.get("full_run")),
                   control=_part(ControlProbe, result.get("control")),
+                  decision=_part(Decision, result.get("decision")),
                   baseline_wins=result.get("baseline_wins") if isinstance(result.get("baseline_wins"), bool) else None,
                   message=result.get("message") if isinstance(result.get("message"), str) else None,
                   warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],

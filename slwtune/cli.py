@@ -109,7 +109,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from slwtune.plan import format_plan, format_simulation, make_plan, parse_landscape, plan_warnings, simulate
+    from slwtune.plan import format_plan, make_plan, plan_warnings
+    from slwtune.simulation import format_simulation, parse_landscape, simulate
 
     spec = _load(args)
     if args.simulate is not None:

@@ -21,11 +21,15 @@ from slwtune.spec import JobSpec, load_spec, parse_spec
 from slwtune.train import fit_and_summarize, make_trainer
 from slwtune.train_loop import RunOptions
 from slwtune.tuning import race as R
-from slwtune.tuning.race import ARM_BASELINE, ARM_SLW, Arm, run_race_round
+from slwtune.tuning.decision import decide, full_run_plan, job_outcome, start_point
+from slwtune.tuning.loop import run_search as search_loop
+from slwtune.tuning.race import Arm
+from slwtune.tuning.race_runs import run_race_round
 from slwtune.tuning.report import SLW_NOT_NEEDED, build_report, compare_with_control, write_plots, write_report
+from slwtune.tuning.results import ProbeResult, probe_spec
 from slwtune.tuning.searches import make_search
 from slwtune.tuning.strategies import Probe, Search
-from slwtune.tuning.tune_glue import ProbeResult, run_round
+from slwtune.tuning.tune_glue import run_round
 from slwtune.user_loop import entrypoint_of, load_entrypoint
 
 
@@ -33,35 +37,26 @@ from slwtune.user_loop import entrypoint_of, load_entrypoint
 
 
 def run_search(job: Job, search: Search) -> tuple[list[ProbeResult], ProbeResult | None]:
-    """Rounds of probes until the strategy is done: the same loop for every strategy.
+    """The search loop (`slwtune.tuning.loop`) with rounds on Ray Tune, journaled in job.json.
 
     Round 1 also runs the control probe (SLW off, same window) when `tuning.control_probe` is on;
     it is returned apart and never told to the search. A probe that crashed is run once more
     before it counts as `failed` (a crash says nothing about SLW). Rounds that finished before a
     restart are told to the search again from the job's state instead of being rerun.
     """
-    results: list[ProbeResult] = []
-    control: ProbeResult | None = None
-    done = job.done_rounds()
-    round_index = 0
-    while probes := search.next_round():
-        round_index += 1
-        if done and {p for p in probes} == {r.probe for r in done[0] if r.slw}:
-            batch = done.pop(0)
-            job.status(progress=f"round {round_index}: finished before the restart, not rerun")
+
+    def on_round(index: int, batch: list[ProbeResult], replayed: bool) -> None:
+        if replayed:
+            job.status(progress=f"round {index}: finished before the restart, not rerun")
         else:
-            done = []  # the search went elsewhere: everything from here runs live
-            if round_index == 1 and job.spec.tuning.control_probe:
-                probes = [*probes, Probe.control(job.spec.slw.full_length)]
-            batch = run_probes(job, probes, round_index)
             job.save_round(batch)
-        control = next((r for r in batch if not r.slw), control)
-        batch = [r for r in batch if r.slw]
-        results.extend(batch)
-        search.tell(r.outcome() for r in batch)
-        job.status(progress=f"round {round_index}: " + ", ".join(
-            f"s={r.start_length} T={r.duration_steps} {r.verdict}" for r in batch))
-    return results, control
+        job.status(progress=f"round {index}: " + ", ".join(
+            f"s={r.start_length} T={r.duration_steps} {r.verdict}" for r in batch if r.slw))
+
+    run = search_loop(search, lambda probes, index: run_probes(job, probes, index),
+                      control_length=job.spec.slw.full_length if job.spec.tuning.control_probe else None,
+                      replay=job.done_rounds(), on_round=on_round)
+    return run.results, run.control
 
 
 def run_probes(job: Job, probes: list[Probe], round_index: int) -> list[ProbeResult]:
@@ -130,7 +125,7 @@ def run_full(job: Job, chosen: Probe | None, start_from: str | None) -> dict:
     """
     if job.state.get("full_run"):  # finished before a restart
         return job.state["full_run"]
-    spec = job.spec.with_slw(chosen.start_length, chosen.duration_steps) if chosen else job.spec.without_slw()
+    spec = probe_spec(job.spec, chosen or Probe.control(job.spec.slw.full_length))
     init = start_from if spec.tuning.reuse_probe_checkpoint else None
     run_id = job.state.get("full_run_mlflow_run_id")
     if job.uri and not run_id:
@@ -177,31 +172,9 @@ def drop_probe_checkpoints(job: Job, results: list[ProbeResult], keep: ProbeResu
 # ---- decision: the race between the best SLW candidate and the control --------------------------------
 
 
-def race_skipped_because(spec: JobSpec, chosen: Probe | None, seed: ProbeResult | None,
-                         control: ProbeResult | None) -> str | None:
-    """Why there is no race (None: there is one). Without a race, a stable control wins only when
-    no SLW probe was stable, and SLW stays otherwise (the control cannot be judged)."""
-    if not spec.tuning.race:
-        return "tuning.race is off: decided on the probe window alone (an early comparison)"
-    if control is None:
-        return "no control probe (tuning.control_probe is off)"
-    if control.verdict in M.RUN_FAILED_VERDICTS:  # a fluctuating control still trains: the race judges it
-        return f"the control probe {control.verdict}: SLW stays"
-    if chosen is None:
-        return "no SLW probe was stable: the baseline runs"
-    if spec.model.entrypoint:
-        return "a training function (model.entrypoint) cannot stop at a token count: no race"
-    if seed is None or not seed.checkpoint or not control.checkpoint:
-        return "a probe checkpoint to race from is missing"
-    return None
-
-
 def new_arms(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -> dict[str, Arm]:
     """Both arms at their probes' ends, each with its own MLflow child run (same metric names)."""
-    arms = {ARM_SLW: Arm(ARM_SLW, chosen.start_length, chosen.duration_steps, seed.checkpoint, seed.tokens,
-                         tokens=seed.tokens),
-            ARM_BASELINE: Arm(ARM_BASELINE, job.spec.slw.full_length, 0, control.checkpoint, control.tokens,
-                              tokens=control.tokens)}
+    arms = R.start_arms(job.spec, chosen, seed, control)
     if not R.segment_milestones(max(seed.tokens, control.tokens), job.spec):
         return arms  # the probes already reach the race budget: nothing to train, no runs to show
     for arm in arms.values():
@@ -257,31 +230,6 @@ def run_race(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -
     return arms, decision
 
 
-def decide(spec: JobSpec, chosen: Probe | None, results: list[ProbeResult], control: ProbeResult | None,
-           race) -> tuple[bool, dict, dict | None]:
-    """(baseline wins?, the report's `decision`, the race's arms or None). `race(chosen, seed, control)`
-    runs the race and returns (arms, Decision): on Ray for the driver, in-process for tune_locally."""
-    seed = winning_probe(results, chosen)
-    why_not = race_skipped_because(spec, chosen, seed, control)
-    if why_not is None:
-        arms, decision = race(chosen, seed, control)
-        return decision.winner == ARM_BASELINE, R.decision_report(spec, arms, decision), arms
-    if not spec.tuning.race:
-        baseline = compare_with_control(results, control)["baseline_wins"]
-    else:
-        baseline = control is not None and control.verdict == M.STABLE and chosen is None
-    report = R.decision_report(spec, None, None, note=why_not)
-    report["winner"] = ARM_BASELINE if baseline else (ARM_SLW if chosen else None)
-    return baseline, report, None
-
-
-def start_point(arms: dict | None, knobs: Probe | None, seed_probe: ProbeResult | None) -> str | None:
-    """The checkpoint the full run continues from: the raced arm with these knobs, else the probe."""
-    if arms is not None:
-        return arms[ARM_SLW if knobs else ARM_BASELINE].checkpoint
-    return seed_probe.checkpoint if seed_probe else None
-
-
 def drop_race_loser(job: Job, arms: dict | None, keep: str | None) -> None:
     """Delete the race runs the full run does not continue from (tuning.keep_probe_checkpoints: false)."""
     for arm in (arms or {}).values():
@@ -293,36 +241,6 @@ def job_disk_bytes(job: Job) -> int:
     """What the job keeps on disk: its folder plus its Ray runs in storage."""
     runs = storage.job_runs(job.storage, storage.job_prefix(job.spec.name, job.job_id))
     return storage.size_bytes(str(job.out)) + sum(storage.size_bytes(r) for r in runs)
-
-
-def winning_probe(results: list[ProbeResult], chosen: Probe | None) -> ProbeResult | None:
-    """The stable probe that ran the chosen knobs (its checkpoint can seed the full run)."""
-    if chosen is None:
-        return None
-    return next((r for r in results if r.verdict == M.STABLE and r.start_length == chosen.start_length
-                 and r.duration_steps == chosen.duration_steps), None)
-
-
-def job_outcome(results: list[ProbeResult], chosen: Probe | None, full_run: dict | None,
-                baseline_wins: bool = False) -> tuple[str, str | None]:
-    """(outcome, error) of a job, told truthfully: a crash is not instability, a failed full run is a failure."""
-    if results and all(r.verdict == M.FAILED for r in results):
-        return M.OUTCOME_PROBES_CRASHED, f"probes crashed: {results[0].reason}"
-    if chosen is None and not baseline_wins:
-        return M.OUTCOME_NONE_STABLE, None
-    if full_run is not None and full_run["verdict"] in M.RUN_FAILED_VERDICTS:
-        return M.OUTCOME_RUN_FAILED, f"full run {full_run['verdict']}: {full_run['reason']}"
-    return M.OUTCOME_DONE, None
-
-
-def full_run_plan(spec: JobSpec, chosen: Probe | None, baseline_wins: bool,
-                  control: ProbeResult | None, results: list[ProbeResult]) -> tuple[bool, Probe | None, ProbeResult | None]:
-    """(run it?, knobs or None for the baseline, probe to continue from), by `tuning.when_baseline_wins`."""
-    if baseline_wins and spec.tuning.when_baseline_wins == "stop":
-        return False, None, None
-    if baseline_wins and (spec.tuning.when_baseline_wins == "run_baseline" or chosen is None):
-        return True, None, control
-    return chosen is not None, chosen, winning_probe(results, chosen)
 
 
 def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = None, job_id: str | None = None,

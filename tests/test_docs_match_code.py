@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from slwtune import driver
-from slwtune.plan import Landscape
+from slwtune.simulation import Landscape
 from slwtune.spec import JobSpec
 from tests.test_driver import FakeCluster, fake, spec  # noqa: F401  (fake is a fixture)
 

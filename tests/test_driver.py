@@ -11,10 +11,10 @@ import pytest
 from slwtune import driver
 from slwtune import metrics as M
 from slwtune.cli import main
-from slwtune.plan import Landscape
+from slwtune.simulation import Landscape
 from slwtune.spec import load_spec
 from slwtune.tuning.strategies import Probe
-from slwtune.tuning.tune_glue import ProbeResult
+from slwtune.tuning.results import ProbeResult
 
 
 def probe_result(probe, verdict, reason="", round_index=1, tokens=1000, val_ppl=21.0):

@@ -8,7 +8,7 @@ import pytest
 from slwtune import metrics as M
 from slwtune.cli import main
 from slwtune.errors import SpecError
-from slwtune.plan import parse_landscape
+from slwtune.simulation import parse_landscape
 from slwtune.spec import load_spec
 
 

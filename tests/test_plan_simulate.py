@@ -7,7 +7,7 @@ import pytest
 from slwtune.cli import main
 from slwtune.errors import SpecError
 from slwtune.metrics import DIVERGED, FLUCTUATING, STABLE
-from slwtune.plan import Landscape, parse_landscape, probe_tokens, simulate
+from slwtune.simulation import Landscape, parse_landscape, probe_tokens, simulate
 from slwtune.spec import load_spec
 from slwtune.tuning.strategies import Probe
 

@@ -7,6 +7,7 @@ import pytest
 from slwtune import metrics as M
 from slwtune.spec import parse_spec
 from slwtune.tuning import race as R
+from slwtune.tuning import race_runs
 from slwtune.tuning.race import ARM_BASELINE, ARM_SLW, Arm, Point, RaceRule, decide, paired_gaps
 
 RULE = RaceRule(z=2.0, patience=3, slw_from_tokens=5000, budget_tokens=10_000)
@@ -111,7 +112,7 @@ def test_an_in_process_race_on_the_tiny_preset_decides_and_keeps_the_winners_che
     spec = tiny()
     arms = probe_arms(spec, tmp_path)
     saved = []
-    d = R.race(spec, arms, R.local_segment_runner(spec, str(tmp_path)), save=saved.append)
+    d = R.race(spec, arms, race_runs.local_segment_runner(spec, str(tmp_path)), save=saved.append)
     assert d.winner in (ARM_SLW, ARM_BASELINE)
     for arm in arms.values():
         assert arm.segments >= 1 and arm.points and arm.checkpoint.startswith(str(tmp_path / f"race-{arm.name}"))
@@ -128,7 +129,7 @@ def test_a_resumed_race_does_not_rerun_finished_segments(tmp_path):
     spec = tiny()
     arms = probe_arms(spec, tmp_path)
     journal, calls = [], []
-    real = R.local_segment_runner(spec, str(tmp_path))
+    real = race_runs.local_segment_runner(spec, str(tmp_path))
 
     def runner(arms_, until, index):  # real segments, read as a tie so that the race runs to its budget
         real(arms_, until, index)
@@ -199,7 +200,7 @@ def test_the_t_cap_leaves_the_race_room_to_see_slw_past_its_warmup():
 
 @pytest.mark.parametrize("stated,full_run", [("slw", "slw"), ("baseline", "baseline"), ("tie", "baseline")])
 def test_simulate_states_the_races_outcome(stated, full_run):
-    from slwtune.plan import format_simulation, parse_landscape, simulate
+    from slwtune.simulation import format_simulation, parse_landscape, simulate
     from slwtune.spec import load_spec
 
     sim = simulate(load_spec("shakespeare-demo"), parse_landscape(f"diverged<60,race={stated}"))
@@ -210,7 +211,7 @@ def test_simulate_states_the_races_outcome(stated, full_run):
 
 def test_simulate_names_a_bad_race_outcome():
     from slwtune.errors import SpecError
-    from slwtune.plan import parse_landscape
+    from slwtune.simulation import parse_landscape
 
     with pytest.raises(SpecError) as err:
         parse_landscape("race=maybe")
@@ -301,7 +302,7 @@ def test_the_drivers_segment_runs_each_arm_as_a_train_run_and_reads_its_reports_
     monkeypatch.setattr(T, "fit_and_summarize", fit_and_summarize)
     arms = [Arm(ARM_SLW, 8, 4, "/probe/slw", 512, tokens=512), Arm(ARM_BASELINE, 32, 0, "/probe/base", 512,
                                                                    tokens=512)]
-    R.run_race_round(tiny(), arms, 2048, 1, job_id="j", storage=str(tmp_path), mlflow_uri=None,
+    race_runs.run_race_round(tiny(), arms, 2048, 1, job_id="j", storage=str(tmp_path), mlflow_uri=None,
                      trace_root=str(tmp_path))
     assert [(m[0], m[1], m[2]) for m in made] == [(True, "/probe/slw", 2048), (False, "/probe/base", 2048)]
     assert all(f"race-{a.name}-seg1" in m[3] for a, m in zip(arms, made))

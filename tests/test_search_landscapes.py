@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from slwtune.plan import Landscape, simulate
+from slwtune.simulation import Landscape, simulate
 from slwtune.spec import list_presets, load_spec
 from slwtune.tuning.searches import make_search
 from slwtune.tuning.strategies import Outcome

@@ -4,14 +4,8 @@ from types import SimpleNamespace
 
 from slwtune import metrics as M
 from slwtune.tuning.strategies import Outcome, Probe
-from slwtune.tuning.tune_glue import (
-    CHECKPOINT_PATH_KEY,
-    KnobsResult,
-    VerdictStopper,
-    lift_knobs,
-    result_to_probe,
-    with_storage_scheme,
-)
+from slwtune.tuning.results import CHECKPOINT_PATH_KEY, with_storage_scheme
+from slwtune.tuning.tune_glue import KnobsResult, VerdictStopper, lift_knobs, result_to_probe
 
 
 def tune_result(metrics=None, error=None, knobs=(8, 100), storage="/tmp/ray"):

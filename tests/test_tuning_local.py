@@ -8,7 +8,7 @@ from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning.local import CPU_S, LocalTuning, StepRecorder, run_probe, tune_locally
 from slwtune.tuning.strategies import Probe, choose_paper_rule
-from slwtune.tuning.tune_glue import ProbeResult
+from slwtune.tuning.results import ProbeResult
 
 PROBE_STEPS = 8
 

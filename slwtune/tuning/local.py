@@ -6,8 +6,8 @@ trial runs), the control probe (SLW off) joins round 1 and is never told to the 
 and the decision is the driver's own: the same race between the best SLW candidate and the
 control (slwtune.tuning.race, its segments in this process) and the same `full_run_plan`.
 For benchmarks (benchmarks/paper_effect.py) and machines without Ray.
-The loop is the driver's `run_search` with an in-process round runner; crashed probes are
-not retried (in one process a crash repeats).
+The loop is `slwtune.tuning.loop.run_search` with an in-process round runner; crashed probes
+are not retried (in one process a crash repeats).
 """
 
 from __future__ import annotations
@@ -19,17 +19,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from slwtune import metrics as M
-from slwtune.driver import decide, full_run_plan, start_point
-from slwtune.spec import JobSpec
 from slwtune.sessions import LocalSession
+from slwtune.spec import JobSpec
 from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning import race as R
+from slwtune.tuning.decision import decide, full_run_plan, start_point
+from slwtune.tuning.loop import run_search
+from slwtune.tuning.race_runs import local_segment_runner
 from slwtune.tuning.report import SLW_NOT_NEEDED, compare_with_control
+from slwtune.tuning.results import ProbeResult, curve_row, probe_from, probe_spec
 from slwtune.tuning.searches import make_search
 from slwtune.tuning.strategies import Probe
-from slwtune.tuning.tune_glue import CURVE_COLUMNS, ProbeResult, spike_fields
 
-__all__ = ["CPU_S", "LocalTuning", "StepRecorder", "probe_spec", "run_probe", "tune_locally"]
+__all__ = ["CPU_S", "LocalTuning", "StepRecorder", "run_probe", "tune_locally"]
 
 CPU_S = "cpu_s"  # a recorded row's seconds of this process's CPU time since its run started
 
@@ -109,25 +111,6 @@ class LocalTuning:
             self.workdir = None
 
 
-def probe_spec(spec: JobSpec, probe: Probe) -> JobSpec:
-    """The spec one probe trains: SLW off for the control, else the probe's two knobs."""
-    return spec.without_slw() if not probe.slw else spec.with_slw(probe.start_length, probe.duration_steps)
-
-
-def _curve_row(report: dict) -> list:
-    """[step, val ppl, loss ratio, tokens] of one report, as `tune_glue` builds a probe's curve."""
-    out = []
-    for key in CURVE_COLUMNS:
-        value = report.get(key)
-        ok = isinstance(value, (int, float)) and value < M.NONFINITE_STANDIN
-        out.append(float(value) if ok else None)
-    return out
-
-
-def _num(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and value < M.NONFINITE_STANDIN else None
-
-
 def run_probe(spec: JobSpec, probe: Probe, *, round_index: int, device: str = "cpu",
               checkpoint_root: str | None = None, options: Callable[[Probe], dict] | None = None,
               recorder: StepRecorder | None = None, reports: list | None = None) -> ProbeResult:
@@ -146,23 +129,13 @@ def run_probe(spec: JobSpec, probe: Probe, *, round_index: int, device: str = "c
     try:
         train_loop(probe_spec(spec, probe), run_options, session)
     except Exception as exc:  # noqa: BLE001 - one probe fails alone, as a Tune trial does
-        error = f"{type(exc).__name__}: {str(exc)[:300]}"
-    wall = recorder.wall_s()
+        error = exc
     if reports is not None:
         reports.extend(session.reports)
-    last = session.reports[-1] if session.reports else {}
-    verdict, reason = last.get(M.VERDICT), last.get(M.REASON, "")
-    if error is not None:
-        verdict, reason = M.FAILED, error
-    elif verdict is None:
-        verdict, reason = M.FAILED, "the probe reported nothing"
-    return ProbeResult(
-        start_length=probe.start_length, duration_steps=probe.duration_steps, verdict=verdict, reason=reason,
-        early=bool(last.get(M.EARLY, False)), best_val_ppl=_num(last.get(M.BEST_VAL_PPL)),
-        final_val_ppl=_num(last.get(M.VAL_PPL)), max_loss_ratio=_num(last.get(M.MAX_LOSS_RATIO)),
-        steps=int(last.get(M.STEP) or 0), tokens=int(last.get(M.TRAIN_TOKENS) or 0), wall_s=wall,
-        checkpoint=session.checkpoints[-1] if session.checkpoints else None, trial_id="",
-        round=round_index, curve=[_curve_row(r) for r in session.reports], slw=probe.slw, **spike_fields(last))
+    return probe_from(session.reports[-1] if session.reports else {}, probe.as_config(), round_index=round_index,
+                      error=error, curve=[curve_row(r) for r in session.reports], wall_s=recorder.wall_s(),
+                      checkpoint=session.checkpoints[-1] if session.checkpoints else None,
+                      silent="the probe reported nothing")
 
 
 def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local",
@@ -181,11 +154,8 @@ def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local
     races = spec.tuning.race and spec.tuning.control_probe
     workdir = tempfile.mkdtemp(prefix="slwtune-local-tune-") if (keep_checkpoints or races) else None
     out = LocalTuning(results=[], control=None, chosen=None, comparison={}, workdir=workdir)
-    round_index = 0
-    while probes := search.next_round():
-        round_index += 1
-        if round_index == 1 and spec.tuning.control_probe:
-            probes = [*probes, Probe.control(spec.slw.full_length)]
+
+    def run_round(probes: list[Probe], round_index: int) -> list[ProbeResult]:
         batch = []
         for i, probe in enumerate(probes):
             root = f"{workdir}/r{round_index}-p{i}" if workdir else None
@@ -197,10 +167,11 @@ def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local
                 log(f"round {round_index}: {'control (SLW off)' if not probe.slw else probe.as_config()} "
                     f"-> {result.verdict} ({result.steps} steps, {result.wall_s:.0f}s) {result.reason}")
             batch.append(result)
-        out.control = next((r for r in batch if not r.slw), out.control)
-        batch = [r for r in batch if r.slw]
-        out.results.extend(batch)
-        search.tell(r.outcome() for r in batch)
+        return batch
+
+    run = run_search(search, run_round,
+                     control_length=spec.slw.full_length if spec.tuning.control_probe else None)
+    out.results, out.control = run.results, run.control
     out.chosen = search.chosen()
     out.comparison = compare_with_control(out.results, out.control)
     out.notes, out.violations = [fit_note] * bool(fit_note) + list(search.notes), list(search.violations())
@@ -215,10 +186,7 @@ def race_locally(spec: JobSpec, out: LocalTuning, chosen: Probe, seed: ProbeResu
                  device: str, options: Callable[[R.Arm], dict] | None,
                  log: Callable[[str], None] | None) -> tuple[dict, R.Decision]:
     """The driver's race with its segments in this process; every arm's reports and steps kept in `out`."""
-    arms = {R.ARM_SLW: R.Arm(R.ARM_SLW, chosen.start_length, chosen.duration_steps, seed.checkpoint, seed.tokens,
-                             tokens=seed.tokens),
-            R.ARM_BASELINE: R.Arm(R.ARM_BASELINE, spec.slw.full_length, 0, control.checkpoint, control.tokens,
-                                  tokens=control.tokens)}
+    arms = R.start_arms(spec, chosen, seed, control)
     recorders: dict[str, StepRecorder] = {}
 
     def arm_options(arm: R.Arm) -> dict:
@@ -233,5 +201,5 @@ def race_locally(spec: JobSpec, out: LocalTuning, chosen: Probe, seed: ProbeResu
                                                       for r in rec.rows)
         out.race_wall_s[arm.name], out.race_cpu_s[arm.name] = wall0 + rec.wall_s(), cpu0 + rec.cpu_s()
 
-    runner = R.local_segment_runner(spec, out.workdir, device=device, options=arm_options, on_reports=keep)
+    runner = local_segment_runner(spec, out.workdir, device=device, options=arm_options, on_reports=keep)
     return arms, R.race(spec, arms, runner, log=log)

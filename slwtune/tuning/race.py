@@ -33,8 +33,8 @@ evaluation never decides. Unlike ASHA, the race is a pair, and the winner's trai
 (the full run continues from its checkpoint), so only the loser's race tokens are spent.
 
 The pure rule (`decide`) is tested with synthetic curves; `race` drives the segments with a
-runner: `local_segment_runner` (in-process, tune_locally and tests) or `run_race_round` (the
-driver: each arm's segment a Ray Train run, the arms alternating). Progress is journaled through `save` after every segment,
+runner from `slwtune.tuning.race_runs`: `local_segment_runner` (in-process, tune_locally and tests)
+or `run_race_round` (the driver: each arm's segment a Ray Train run, the arms alternating). Progress is journaled through `save` after every segment,
 so a restarted driver does not rerun finished segments.
 """
 
@@ -48,6 +48,8 @@ from slwtune import metrics as M
 from slwtune.pacing import make_pacing
 from slwtune.schedule import tokens_for_steps
 from slwtune.spec import JobSpec
+from slwtune.tuning.results import ProbeResult, finite_or_none, probe_spec
+from slwtune.tuning.strategies import Probe
 
 __all__ = ["ARM_BASELINE", "ARM_SLW", "Arm", "Decision", "Gap", "Point", "RaceRule", "decide", "paired_gaps",
            "race", "race_budget_tokens", "race_worst_case_tokens", "segment_milestones"]
@@ -125,8 +127,13 @@ class Arm:
     def slw(self) -> bool:
         return self.name == ARM_SLW
 
+    @property
+    def probe(self) -> Probe:
+        """The knobs this arm trains with (`Probe.control` for the baseline)."""
+        return Probe(self.start_length, self.duration_steps, self.slw)
+
     def spec(self, base: JobSpec) -> JobSpec:
-        return base.with_slw(self.start_length, self.duration_steps) if self.slw else base.without_slw()
+        return probe_spec(base, self.probe)
 
     def curve(self) -> list[Point]:
         return [Point(int(t), float(v), None if s is None else float(s)) for t, v, s in self.points]
@@ -146,13 +153,21 @@ class Arm:
 # ---- pure pieces ------------------------------------------------------------------------
 
 
+def start_arms(spec: JobSpec, chosen: Probe, seed: ProbeResult, control: ProbeResult) -> dict[str, Arm]:
+    """Both arms at their probes' ends: the chosen SLW knobs from `seed`, the baseline from `control`."""
+    return {ARM_SLW: Arm(ARM_SLW, chosen.start_length, chosen.duration_steps, seed.checkpoint, seed.tokens,
+                         tokens=seed.tokens),
+            ARM_BASELINE: Arm(ARM_BASELINE, spec.slw.full_length, 0, control.checkpoint, control.tokens,
+                              tokens=control.tokens)}
+
+
 def race_budget_tokens(spec: JobSpec) -> int:
     return spec.race_tokens()
 
 
 def slw_past_warmup_tokens(spec: JobSpec, start_length: int, duration_steps: int) -> int:
     """Tokens the SLW arm has trained after (1 + race_warmup_margin) x T steps."""
-    pacing = make_pacing(spec.with_slw(start_length, duration_steps).slw)
+    pacing = make_pacing(probe_spec(spec, Probe(start_length, duration_steps)).slw)
     steps = math.ceil((1 + spec.tuning.race_warmup_margin) * duration_steps)
     return tokens_for_steps(pacing, steps, spec.data.batch_size)
 
@@ -294,13 +309,9 @@ def arm_points(reports: list[dict]) -> list[list]:
     """[tokens, val loss, se] of every report that evaluated (a train_loop report or a Tune row)."""
     out = []
     for r in reports:
-        loss, tokens = r.get(M.VAL_LOSS), r.get(M.TRAIN_TOKENS)
-        if not isinstance(loss, (int, float)) or not isinstance(tokens, (int, float)) or loss >= M.NONFINITE_STANDIN \
-                or not math.isfinite(loss) or not math.isfinite(tokens):
-            continue
-        se = r.get(M.VAL_LOSS_SE)
-        se = float(se) if isinstance(se, (int, float)) and math.isfinite(se) and se < M.NONFINITE_STANDIN else None
-        out.append([int(tokens), float(loss), se])
+        loss, tokens = finite_or_none(r.get(M.VAL_LOSS)), finite_or_none(r.get(M.TRAIN_TOKENS))
+        if loss is not None and tokens is not None:
+            out.append([int(tokens), loss, finite_or_none(r.get(M.VAL_LOSS_SE))])
     return out
 
 
@@ -318,36 +329,6 @@ def update_arm(arm: Arm, reports: list[dict], checkpoint: str | None, wall_s: fl
         arm.verdict, arm.reason = M.DIVERGED, str(last.get(M.REASON) or "")
     elif not reports:
         arm.verdict, arm.reason = M.FAILED, "the segment reported nothing"
-
-
-def local_segment_runner(spec: JobSpec, workdir: str, *, device: str = "cpu",
-                         options: Callable[[Arm], dict] | None = None,
-                         on_reports: Callable[[Arm, list[dict]], None] | None = None) -> SegmentRunner:
-    """Segments in this process: each arm in turn (one slot), `train_loop` from its last checkpoint.
-    `options(arm)` adds RunOptions fields (MLflow run, on_step); `on_reports` sees each segment's reports."""
-    import time
-
-    from slwtune.sessions import LocalSession
-    from slwtune.train_loop import RunOptions, train_loop
-
-    def run(arms: list[Arm], until: int, index: int) -> None:
-        for arm in arms:
-            if arm.failed:
-                continue
-            session = LocalSession(checkpoint_root=f"{workdir}/race-{arm.name}/seg{index}", device=device)
-            extra = dict(options(arm)) if options else {}
-            t0, error = time.perf_counter(), None
-            try:
-                train_loop(arm.spec(spec), RunOptions(init_checkpoint=arm.checkpoint, max_tokens=until, **extra),
-                           session)
-            except Exception as exc:  # noqa: BLE001 - an arm that crashes loses, like a crashed trial
-                error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            ckpt = session.checkpoints[-1] if session.checkpoints else None
-            update_arm(arm, session.reports, ckpt, time.perf_counter() - t0, error)
-            if on_reports:
-                on_reports(arm, session.reports)
-
-    return run
 
 
 def decision_report(spec: JobSpec, arms: dict[str, Arm] | None, decision: Decision | None, *,
@@ -368,40 +349,3 @@ def decision_report(spec: JobSpec, arms: dict[str, Arm] | None, decision: Decisi
                          "race_tokens": a.race_tokens, "verdict": a.verdict, "reason": a.reason,
                          "segments": a.segments, "wall_s": a.wall_s, "checkpoint": a.checkpoint,
                          "mlflow_run_id": a.mlflow_run_id, "curve": a.points} for k, a in arms.items()}}
-
-
-# ---- on Ray: each arm's segment a Ray Train run started by the driver ---------------------------
-
-
-def run_race_round(spec: JobSpec, arms: list[Arm], until: int, index: int, *, job_id: str, storage: str,
-                   mlflow_uri: str | None, spill_dir: str | None = None, trace_root: str | None = None) -> None:
-    """One segment of every live arm, each a Ray Train run (`make_trainer`, as the full run) from the
-    arm's last checkpoint, one after the other; folds the results into `arms`.
-
-    Why not a Ray Tune round like the probes: measured on the shared 2-core machine, Train V2 runs
-    inside short Tune trials left their placement groups reserved after the trial ended (3.01 of 4
-    CPUs after 4 segments; the 5th segment waited over 10 minutes for a worker). Runs owned by the
-    driver release them when they finish, as the full run does. Every report of the segment is read
-    back from the run's trace (`RunOptions.trace_dir`, rank 0, under `trace_root`: the job folder).
-    """
-    import json
-    import time
-    from pathlib import Path
-
-    from slwtune.storage import job_prefix
-    from slwtune.train import fit_and_summarize, make_trainer
-    from slwtune.train_loop import RunOptions
-
-    prefix = job_prefix(spec.name, job_id)
-    for arm in [a for a in arms if not a.failed]:
-        stamp = int(time.time())
-        trace = Path(trace_root or spill_dir or ".") / "race" / f"{arm.name}-seg{index}-{stamp}"
-        options = RunOptions(init_checkpoint=arm.checkpoint, max_tokens=until, mlflow_uri=mlflow_uri,
-                             mlflow_run_id=arm.mlflow_run_id, spill_dir=spill_dir, trace_dir=str(trace))
-        start = time.time()
-        summary = fit_and_summarize(make_trainer(arm.spec(spec), options,
-                                                 f"{prefix}race-{arm.name}-seg{index}-{stamp}", storage))
-        rank0 = trace / "rank0.jsonl"
-        reports = [json.loads(line) for line in rank0.read_text().splitlines()] if rank0.is_file() else []
-        error = summary["reason"] if summary["verdict"] == M.FAILED else None
-        update_arm(arm, reports, summary["checkpoint"], time.time() - start, error)

@@ -17,9 +17,7 @@ MLflow run, tagged with the step it went on from.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from slwtune import metrics as M
@@ -28,11 +26,17 @@ from slwtune.spec import JobSpec
 from slwtune.storage import job_prefix
 from slwtune.train import make_trainer
 from slwtune.train_loop import RunOptions
-from slwtune.tuning.strategies import Outcome, Probe
-
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to metrics by TuneReportCallback
-RESUME_TRIAL_KEY = "resume_trial_id"  # in a probe's knobs: the first trial of this probe, whose runs it goes on with
-RESUME_STEP_KEY = "resumed_from_step"  # ... and the step of the checkpoint it goes on from
+from slwtune.tuning.results import (
+    RESUME_STEP_KEY,
+    RESUME_TRIAL_KEY,
+    ProbeResult,
+    curve_row,
+    probe_from,
+    probe_of,
+    probe_spec,
+    report_checkpoint,
+)
+from slwtune.tuning.strategies import Probe
 
 
 def probe_trial_id(config: dict, tune_trial_id: str) -> str:
@@ -72,7 +76,7 @@ def probe_trial(config: dict) -> None:
 
     base = JobSpec.model_validate(config["spec"])
     control = not config.get("slw", True)
-    spec = base.without_slw() if control else base.with_slw(config["start_length"], config["duration_steps"])
+    spec = probe_spec(base, probe_of(config))
     trial_id = probe_trial_id(config, tune.get_context().get_trial_id())
     name = "control-no-slw" if control else f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}"
     uri, run_id = config.get("mlflow_uri"), None
@@ -116,111 +120,11 @@ def reopen_probe_run(uri: str, config: dict, trial_id: str) -> str | None:
     return run_id
 
 
-@dataclass
-class ProbeResult:
-    """One finished probe, as the report and the selection see it."""
-
-    start_length: int
-    duration_steps: int
-    verdict: str
-    reason: str
-    early: bool
-    best_val_ppl: float | None
-    final_val_ppl: float | None
-    max_loss_ratio: float | None
-    steps: int
-    tokens: int
-    wall_s: float
-    checkpoint: str | None
-    trial_id: str
-    round: int
-    curve: list = None  # [(step, val_ppl, loss_ratio, tokens)] of every report, for plots and comparisons
-    slw: bool = True     # False for the control probe
-    mlflow_unsent: int = 0  # metrics MLflow never took (in the job folder's metrics/)
-    spike_count: int = 0    # loss spikes seen, recovered ones included (slwtune.stability)
-    spike_max_ratio: float | None = None  # the largest spike's loss ratio
-    spike_step: int | None = None         # where it was
-    resumed_from_step: int | None = None  # its driver was lost mid-probe; it went on from this checkpoint
-
-    @property
-    def probe(self) -> Probe:
-        return Probe(self.start_length, self.duration_steps, self.slw)
-
-    def outcome(self) -> Outcome:
-        return Outcome(self.probe, self.verdict, self.early, self.reason, self.best_val_ppl)
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-def _num(metrics: dict, key: str) -> float | None:
-    value = metrics.get(key)
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value >= M.NONFINITE_STANDIN:
-        return None
-    return float(value)
-
-
 def result_to_probe(result, round_index: int) -> ProbeResult:
-    """A Tune `Result` -> ProbeResult; a crashed trial becomes verdict `failed`."""
-    return probe_from(dict(result.metrics or {}), result.config or {}, result.error, _curve(result), round_index)
-
-
-def probe_from(metrics: dict, config: dict, error: BaseException | None, curve: list,
-               round_index: int) -> ProbeResult:
-    """A probe's last report (and its knobs, lifted) -> ProbeResult; an error makes it `failed`."""
-    verdict, reason = metrics.get(M.VERDICT), metrics.get(M.REASON, "")
-    if error is not None:
-        verdict, reason = M.FAILED, f"{type(error).__name__}: {str(error)[:300]}"
-    elif verdict is None:
-        verdict, reason = M.FAILED, "the trial reported nothing"
-    return ProbeResult(
-        start_length=int(config["start_length"]), duration_steps=int(config["duration_steps"]),
-        verdict=verdict, reason=reason, early=bool(metrics.get(M.EARLY, False)),
-        best_val_ppl=_num(metrics, M.BEST_VAL_PPL), final_val_ppl=_num(metrics, M.VAL_PPL),
-        max_loss_ratio=_num(metrics, M.MAX_LOSS_RATIO), steps=int(metrics.get(M.STEP) or 0),
-        tokens=int(metrics.get(M.TRAIN_TOKENS) or 0), wall_s=float(metrics.get(M.WALL_S) or 0.0),
-        checkpoint=report_checkpoint(metrics, config),
-        trial_id=probe_trial_id(config, str(metrics.get("trial_id", ""))),
-        round=round_index, curve=curve, slw=bool(config.get("slw", True)),
-        mlflow_unsent=int(metrics.get(M.MLFLOW_UNSENT) or 0),
-        resumed_from_step=config.get(RESUME_STEP_KEY) if config.get(RESUME_TRIAL_KEY) else None,
-        **spike_fields(metrics),
-    )
-
-
-def report_checkpoint(metrics: dict, config: dict) -> str | None:
-    """The checkpoint a report came with (most reports have none), as a path or URI."""
-    return with_storage_scheme(metrics.get(CHECKPOINT_PATH_KEY), config.get("storage"))
-
-
-def spike_fields(report: dict) -> dict:
-    """The ProbeResult spike fields from a run's last report (None where there was no spike)."""
-    count = int(report.get(M.SPIKE_COUNT) or 0)
-    return {"spike_count": count, "spike_max_ratio": _num(report, M.SPIKE_MAX_RATIO) if count else None,
-            "spike_step": int(report.get(M.SPIKE_STEP) or 0) or None}
-
-
-def with_storage_scheme(path: str | None, storage: str | None) -> str | None:
-    """A checkpoint path as Tune reports it (no scheme) made whole again when storage is a URI.
-
-    With `SLWTUNE_STORAGE=s3://bucket/runs` Tune reports `bucket/runs/...`; reading that back
-    as a local path would miss the checkpoint, so the full run could not continue from it.
-    """
-    if not path or not storage or "://" not in storage or "://" in path:
-        return path
-    scheme = storage.split("://", 1)[0]
-    return f"{scheme}://{path}"
-
-
-CURVE_COLUMNS = (M.STEP, M.VAL_PPL, M.TRAIN_LOSS_RATIO, M.TRAIN_TOKENS)
-
-
-def curve_row(metrics: dict) -> list:
-    """[step, val ppl, loss ratio, tokens] of one report (None where absent or not finite)."""
-    return [_num(metrics, c) for c in CURVE_COLUMNS]
+    """A Tune `Result` -> ProbeResult (`results.probe_from`); a crashed trial becomes verdict `failed`."""
+    metrics = dict(result.metrics or {})
+    return probe_from(metrics, result.config or {}, round_index=round_index, error=result.error,
+                      curve=_curve(result), trial_id=str(metrics.get("trial_id", "")))
 
 
 def _curve(result) -> list:
@@ -244,14 +148,13 @@ class JournalCallback:
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         config = lifted(trial.config)
-        self._call(self.journal.progress, Probe(int(config["start_length"]), int(config["duration_steps"]),
-                                                bool(config.get("slw", True))),
-                   probe_trial_id(config, trial.trial_id), curve_row(result), report_checkpoint(result, config))
+        self._call(self.journal.progress, probe_of(config), probe_trial_id(config, trial.trial_id), curve_row(result), report_checkpoint(result, config))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         config = lifted(trial.config)
         metrics = {**(trial.last_result or {}), "trial_id": trial.trial_id}
-        self._call(self.journal.done, probe_from(metrics, config, None, [], self.round_index))
+        self._call(self.journal.done, probe_from(metrics, config, round_index=self.round_index,
+                                                 trial_id=trial.trial_id))
 
     @staticmethod
     def _call(fn, *args) -> None:

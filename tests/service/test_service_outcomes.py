@@ -12,7 +12,7 @@ from slwtune import metrics as M
 from slwtune.spec import load_spec
 from slwtune.tuning.report import build_report
 from slwtune.tuning.strategies import Probe
-from slwtune.tuning.tune_glue import ProbeResult
+from slwtune.tuning.results import ProbeResult
 
 from service.db import create_tables
 from service.jobs.results import NO_STABLE

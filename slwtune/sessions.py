@@ -80,12 +80,12 @@ class RaySession:
 
 
 def train_worker(config: dict) -> None:
-    """Ray Train `train_loop_per_worker`: config = {"spec": dict, "options": dict}.
+    """Ray Train `train_loop_per_worker`: config = {"spec": JobSpec, "options": dict}.
 
     Probes, the full run and `slwtune train` all come here, so this one dispatch is all it takes
     for a user's training function (`model.entrypoint`) to run wherever slwtune's loop does.
     """
-    spec = JobSpec.model_validate(config["spec"])
+    spec: JobSpec = config["spec"]  # validated once where it entered; Ray pickles the object itself
     options = RunOptions(**config.get("options", {}))
     if spec.model.entrypoint:
         run_user_function(spec, options, RaySession())

@@ -11,6 +11,7 @@ from slwtune.raycluster import default_storage, ensure_ray
 from slwtune.spec import JobSpec
 from slwtune.sessions import train_worker
 from slwtune.train_loop import RunOptions
+from slwtune.tuning.results import finite_or_none
 
 
 def scaling_config(spec: JobSpec):
@@ -35,20 +36,12 @@ def make_trainer(spec: JobSpec, options: RunOptions, name: str, storage: str, ca
     # the same name and storage also resume a run whose driver died (`slwtune tune --resume`).
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.to_dict(), "options": asdict(options)},
+        train_loop_config={"spec": spec, "options": asdict(options)},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
                              failure_config=FailureConfig(max_failures=spec.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=spec.run.keep_checkpoints)),
     )
-
-
-def _finite_or_none(value) -> float | None:
-    import math
-
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value >= M.NONFINITE_STANDIN:
-        return None
-    return float(value)
 
 
 def checkpoint_location(checkpoint) -> str | None:
@@ -60,21 +53,25 @@ def checkpoint_location(checkpoint) -> str | None:
 
 
 def summarize(result) -> dict[str, Any]:
-    """What a finished Train run did: verdict and reason, steps, tokens, val ppl, checkpoint, error.
+    """What a finished Train run did (`run_summary` of its last report, error and checkpoint)."""
+    return run_summary(dict(result.metrics or {}), str(result.error) if result.error else None,
+                       checkpoint_location(result.checkpoint))
+
+
+def run_summary(metrics: dict, error: str | None, checkpoint: str | None, reason: str | None = None) -> dict[str, Any]:
+    """A run's summary: verdict and reason, steps, tokens, val ppl, checkpoint, error.
 
     A run that raised is `failed` even when its last report said stable: it did not finish.
     """
-    metrics = dict(result.metrics or {})
-    error = str(result.error) if result.error else None
     return {
         "verdict": M.FAILED if error else metrics.get(M.VERDICT, M.STABLE),
-        "reason": (error or "")[-500:] if error else metrics.get(M.REASON, ""),
+        "reason": reason if reason is not None else ((error or "")[-500:] if error else metrics.get(M.REASON, "")),
         "steps": metrics.get(M.STEP),
         "tokens": metrics.get(M.TRAIN_TOKENS),
-        "final_val_ppl": _finite_or_none(metrics.get(M.VAL_PPL)),
-        "best_val_ppl": _finite_or_none(metrics.get(M.BEST_VAL_PPL)),
-        "max_loss_ratio": _finite_or_none(metrics.get(M.MAX_LOSS_RATIO)),
-        "checkpoint": checkpoint_location(result.checkpoint),
+        "final_val_ppl": finite_or_none(metrics.get(M.VAL_PPL)),
+        "best_val_ppl": finite_or_none(metrics.get(M.BEST_VAL_PPL)),
+        "max_loss_ratio": finite_or_none(metrics.get(M.MAX_LOSS_RATIO)),
+        "checkpoint": checkpoint,
         "error": error,
         "mlflow_unsent": int(metrics.get(M.MLFLOW_UNSENT) or 0),
     }
@@ -87,9 +84,7 @@ def fit_and_summarize(trainer) -> dict[str, Any]:
     except Exception as exc:  # Train V2 raises TrainingFailedError when a worker or the controller fails
         # Ray puts the worker's traceback first and the actual error last: keep the end.
         message = f"{type(exc).__name__}: ...{str(exc)[-500:]}"
-        return {"verdict": M.FAILED, "reason": message, "steps": None, "tokens": None, "final_val_ppl": None,
-                "best_val_ppl": None, "max_loss_ratio": None, "checkpoint": None, "error": message,
-                "mlflow_unsent": 0}
+        return run_summary({}, message, None, reason=message)
 
 
 def train(spec: JobSpec, *, address: str | None = None, storage: str | None = None,

@@ -74,9 +74,8 @@ def probe_trial(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base = JobSpec.model_validate(config["spec"])
     control = not config.get("slw", True)
-    spec = probe_spec(base, probe_of(config))
+    spec = probe_spec(config["spec"], probe_of(config))  # the job's JobSpec, as validated when it entered
     trial_id = probe_trial_id(config, tune.get_context().get_trial_id())
     name = "control-no-slw" if control else f"probe-s{spec.slw.start_length}-T{spec.slw.duration_steps}"
     uri, run_id = config.get("mlflow_uri"), None
@@ -176,7 +175,7 @@ def journal_callback(journal, round_index: int):
 
 def base_config(spec: JobSpec, *, job_id: str, storage: str, parent_run_id: str | None,
                 mlflow_uri: str | None, round_index: int, spill_dir: str | None = None) -> dict[str, Any]:
-    return {"spec": spec.to_dict(), "probe_steps": spec.probe_steps(), "job_id": job_id,
+    return {"spec": spec, "probe_steps": spec.probe_steps(), "job_id": job_id,
             "job_name": job_prefix(spec.name, job_id), "storage": storage, "parent_run_id": parent_run_id,
             "mlflow_uri": mlflow_uri, "experiment": tracking.experiment_name(spec), "round": round_index,
             "spill_dir": spill_dir}

@@ -26,8 +26,8 @@ from slwtune import settings, tracking
 from slwtune.errors import SlwtuneError
 from slwtune.raycluster import default_storage
 from slwtune.spec import JobSpec
-from slwtune.tuning.strategies import Probe
 from slwtune.tuning.results import RESUME_STEP_KEY, RESUME_TRIAL_KEY, ProbeResult
+from slwtune.tuning.strategies import Probe
 
 STATE_FILE = "job.json"
 SPEC_FILE = "spec.yaml"

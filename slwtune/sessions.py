@@ -1,9 +1,9 @@
 """Where a training loop runs: a `Session` gives it its rank, world size and device, takes its
 reports and checkpoints, and says where to resume from.
 
-`RaySession` is one Ray Train worker (`train_worker` is the `train_loop_per_worker`: slwtune's
-loop, or the spec's own training function when `model.entrypoint` is set);
-`LocalSession` runs in-process, single worker, for benchmarks and unit tests.
+`RaySession` is one Ray Train worker (`slwtune.train.train_worker` runs a loop in it);
+`LocalSession` runs in-process, single worker, for benchmarks and unit tests. This module imports
+neither loop: the loops import it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ from typing import Protocol
 import torch
 
 from slwtune import metrics as M
-from slwtune.spec import JobSpec
-from slwtune.train_loop import RunOptions, train_loop
-from slwtune.user_loop import run_user_function
 
-__all__ = ["Session", "LocalSession", "RaySession", "train_worker"]
+__all__ = ["Session", "LocalSession", "RaySession"]
 
 
 class Session(Protocol):
@@ -77,17 +74,3 @@ class RaySession:
 
         ckpt = ray.train.get_checkpoint()
         return ckpt.to_directory() if ckpt is not None else None
-
-
-def train_worker(config: dict) -> None:
-    """Ray Train `train_loop_per_worker`: config = {"spec": JobSpec, "options": dict}.
-
-    Probes, the full run and `slwtune train` all come here, so this one dispatch is all it takes
-    for a user's training function (`model.entrypoint`) to run wherever slwtune's loop does.
-    """
-    spec: JobSpec = config["spec"]  # validated once where it entered; Ray pickles the object itself
-    options = RunOptions(**config.get("options", {}))
-    if spec.model.entrypoint:
-        run_user_function(spec, options, RaySession())
-    else:
-        train_loop(spec, options, RaySession())

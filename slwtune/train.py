@@ -9,9 +9,24 @@ from slwtune import metrics as M
 from slwtune import tracking
 from slwtune.raycluster import default_storage, ensure_ray
 from slwtune.spec import JobSpec
-from slwtune.sessions import train_worker
-from slwtune.train_loop import RunOptions
+from slwtune.sessions import RaySession
+from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning.results import finite_or_none
+from slwtune.user_loop import run_user_function
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train `train_loop_per_worker`: config = {"spec": JobSpec, "options": dict}.
+
+    Probes, the full run and `slwtune train` all come here, so this one dispatch is all it takes
+    for a user's training function (`model.entrypoint`) to run wherever slwtune's loop does.
+    """
+    spec: JobSpec = config["spec"]  # validated once where it entered; Ray pickles the object itself
+    options = RunOptions(**config.get("options", {}))
+    if spec.model.entrypoint:
+        run_user_function(spec, options, RaySession())
+    else:
+        train_loop(spec, options, RaySession())
 
 
 def scaling_config(spec: JobSpec):

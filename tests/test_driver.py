@@ -13,8 +13,8 @@ from slwtune import metrics as M
 from slwtune.cli import main
 from slwtune.simulation import Landscape
 from slwtune.spec import load_spec
-from slwtune.tuning.strategies import Probe
 from slwtune.tuning.results import ProbeResult
+from slwtune.tuning.strategies import Probe
 
 
 def probe_result(probe, verdict, reason="", round_index=1, tokens=1000, val_ppl=21.0):

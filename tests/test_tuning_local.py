@@ -7,8 +7,8 @@ from slwtune.spec import parse_spec
 from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning.local import CPU_S, LocalTuning, StepRecorder, run_probe, tune_locally
-from slwtune.tuning.strategies import Probe, choose_paper_rule
 from slwtune.tuning.results import ProbeResult
+from slwtune.tuning.strategies import Probe, choose_paper_rule
 
 PROBE_STEPS = 8
 

@@ -1,6 +1,6 @@
 """The SLW training loop of one worker: on a Ray Train worker, or in-process.
 
-`train_loop(spec, options, session)` reads top to bottom: set up, restore,
+`train_loop(spec, options, session)` reads top to bottom: `prepare` sets up and restores,
 then per step pick the length, set the LR, run the micro-batches, check the
 signals, step the optimizer, and every N steps evaluate, report, checkpoint.
 A `Session` hides where it runs (Ray Train or a local benchmark/test).
@@ -140,8 +140,23 @@ def batch_standard_error(total: float, total_sq: float, n: float) -> float:
 # ---- the loop ---------------------------------------------------------------------
 
 
-def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
-    """Train until the token budget, the probe window, or a `diverged` verdict; returns the last report."""
+@dataclass
+class LoopParts:
+    """What one worker's loop trains with, built once before its first step (`prepare`)."""
+
+    model: Any              # the module the optimizer steps (DDP-wrapped on several workers)
+    forward: Any            # `model`, compiled when run.compile
+    optimizer: Any
+    batches: DeviceBatches  # this rank's rows of step t's global batch
+    val: list               # the fixed validation batches
+    pacing: Callable[[int], int]
+    lr_at: Callable
+    monitor: StabilityMonitor
+    state: TrainState       # step, tokens, RNG: restored when the run goes on
+
+
+def prepare(spec: JobSpec, options: RunOptions, session: Session) -> LoopParts:
+    """Data, model, optimizer, schedules and monitor; restored from a checkpoint when there is one."""
     rank, world, device = session.rank, session.world_size, session.device
     seed_everything(spec.seed)  # same init on every rank
     if device.type == "cpu":
@@ -162,7 +177,6 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
     model = build_model(spec, meta.vocab_size).to(device)
     optimizer = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps,
                                     spec.optim.weight_decay, fused=device.type == "cuda" or None)
-    pacing, lr_at = make_pacing(spec.slw), lr_schedule_from_spec(spec)
     monitor = StabilityMonitor(spec.tuning.stability, options.max_steps or spec.probe_steps(), meta.vocab_size)
 
     # 2) restore: Ray's own checkpoint (a restarted run) wins over an init checkpoint (a reused probe)
@@ -179,31 +193,38 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
     # every length including the full one; without SLW a static one. Why not also a static
     # full-length graph: docs/results.md (no gain measured, one more compile per run).
     forward = torch.compile(model) if spec.run.compile else model
-    raw_config = unwrap(model).config
     if device.type == "cuda":
         reserve_full_length_memory(forward, spec, device)
+    return LoopParts(model=model, forward=forward, optimizer=optimizer, batches=batches, val=val,
+                     pacing=make_pacing(spec.slw), lr_at=lr_schedule_from_spec(spec), monitor=monitor, state=state)
 
+
+def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
+    """Train until the token budget, the probe window, or a `diverged` verdict; returns the last report."""
+    world, device = session.world_size, session.device
+    parts = prepare(spec, options, session)
+    model, optimizer, monitor, state = parts.model, parts.optimizer, parts.monitor, parts.state
     micro, accum = spec.micro_batch_size(), spec.grad_accum_steps()
     report_every = options.report_every_steps or spec.run.eval_every_steps
-    logger = RunLogger(options.mlflow_uri if rank == 0 else None, options.mlflow_run_id, spill_dir=options.spill_dir)
-    peak = peak_flops(device)
+    reporter = Reporter(spec, options, session, parts)
+    raw_config, peak = unwrap(model).config, peak_flops(device)
     verdict = monitor.verdict
     last: dict[str, Any] = {}
-    t0, tokens0, start_time = time.perf_counter(), state.tokens, time.time()
+    t0, tokens0 = time.perf_counter(), state.tokens
     max_steps = options.max_steps or 10**12
     stop_tokens = min(spec.budget.train_tokens, options.max_tokens or spec.budget.train_tokens)
 
     # 3) steps
     while state.tokens < stop_tokens and state.step < max_steps:
         state.step += 1
-        length = pacing(state.step)
-        lr = lr_at(state.step, state.tokens, state.warmup_tokens)
+        length = parts.pacing(state.step)
+        lr = parts.lr_at(state.step, state.tokens, state.warmup_tokens)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        loss, step_tokens = forward_backward(forward, model, batches.get(state.step), length, spec, device,
-                                             micro, accum, world)
-        batches.prefetch(state.step + 1)  # read while the device computes; the signals below wait for it
+        loss, step_tokens = forward_backward(parts.forward, model, parts.batches.get(state.step), length, spec,
+                                             device, micro, accum, world)
+        parts.batches.prefetch(state.step + 1)  # read while the device computes; the signals below wait for it
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf"))
         loss_value, grad_value = step_signals(loss, grad_norm, world)
@@ -233,41 +254,58 @@ def train_loop(spec: JobSpec, options: RunOptions, session: Session) -> dict:
 
         finished = should_stop(verdict, options) or state.tokens >= stop_tokens or state.step >= max_steps
         if state.step % report_every == 0 or finished:
-            if verdict.status != M.DIVERGED:
-                val_loss, val_se = evaluate(unwrap(model), val, session, spec)
-                row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, M.perplexity(val_loss)
-                if math.isfinite(val_se):
-                    row[M.VAL_LOSS_SE] = val_se
-                verdict = monitor.observe_val(state.step, val_loss, val_se, last=finished)
-            row[M.SPIKE_COUNT] = monitor.spike_count  # recovered spikes too: MLflow and the report show them
-            finished = finished or should_stop(verdict, options)
-            state.monitor = monitor.state_dict()
-            last = report_row(row, state, verdict, monitor, finished, time.time() - start_time)
-            ckpt = None
-            if rank == 0 and (finished or state.step % spec.run.checkpoint_every_steps == 0):
-                ckpt = tempfile.mkdtemp(prefix="slwtune-ckpt-")
-                save_checkpoint(Path(ckpt), model, optimizer, state)
-            logger.log(row, state.step)
-            if finished:  # tag before the report: a Tune stopper may end this process right after it
-                logger.set_tags({M.TAG_VERDICT: verdict.status, M.TAG_REASON: verdict.reason or "-"})
-            logger.flush()
-            if finished:  # the last report says how many metrics MLflow never took (kept in spill_dir)
-                last[M.MLFLOW_UNSENT] = logger.close()
-            if options.trace_dir:
-                write_trace(options.trace_dir, rank, last, model)
-            session.report(last, ckpt)
-            if ckpt:
-                shutil.rmtree(ckpt, ignore_errors=True)
-            if rank == 0 and options.progress:
-                line = print_progress(state, spec, length, loss_value, verdict, time.time() - start_time)
-                if options.mlflow_uri and options.progress_run_id:
-                    logger.set_tags({M.TAG_PROGRESS: line}, run_id=options.progress_run_id)
+            verdict, finished, last = reporter.report(row, verdict, finished, length, loss_value)
         elif state.step % spec.run.log_every_steps == 0 or state.step == 1:
-            logger.log(row, state.step)
+            reporter.logger.log(row, state.step)
         if finished:
             break
 
     return last
+
+
+class Reporter:
+    """A loop's periodic work past the step: evaluate, judge, report to the session, checkpoint, log."""
+
+    def __init__(self, spec: JobSpec, options: RunOptions, session: Session, parts: LoopParts):
+        self.spec, self.options, self.session, self.parts = spec, options, session, parts
+        self.logger = RunLogger(options.mlflow_uri if session.rank == 0 else None, options.mlflow_run_id,
+                                spill_dir=options.spill_dir)
+        self.start_time = time.time()
+
+    def report(self, row: dict, verdict, finished: bool, length: int, loss_value: float) -> tuple[Any, bool, dict]:
+        """(verdict, finished, the report) after this step's evaluation and report."""
+        spec, options, session, parts, logger = self.spec, self.options, self.session, self.parts, self.logger
+        monitor, state, rank = parts.monitor, parts.state, session.rank
+        if verdict.status != M.DIVERGED:
+            val_loss, val_se = evaluate(unwrap(parts.model), parts.val, session, spec)
+            row[M.VAL_LOSS], row[M.VAL_PPL] = val_loss, M.perplexity(val_loss)
+            if math.isfinite(val_se):
+                row[M.VAL_LOSS_SE] = val_se
+            verdict = monitor.observe_val(state.step, val_loss, val_se, last=finished)
+        row[M.SPIKE_COUNT] = monitor.spike_count  # recovered spikes too: MLflow and the report show them
+        finished = finished or should_stop(verdict, options)
+        state.monitor = monitor.state_dict()
+        last = report_row(row, state, verdict, monitor, finished, time.time() - self.start_time)
+        ckpt = None
+        if rank == 0 and (finished or state.step % spec.run.checkpoint_every_steps == 0):
+            ckpt = tempfile.mkdtemp(prefix="slwtune-ckpt-")
+            save_checkpoint(Path(ckpt), parts.model, parts.optimizer, state)
+        logger.log(row, state.step)
+        if finished:  # tag before the report: a Tune stopper may end this process right after it
+            logger.set_tags({M.TAG_VERDICT: verdict.status, M.TAG_REASON: verdict.reason or "-"})
+        logger.flush()
+        if finished:  # the last report says how many metrics MLflow never took (kept in spill_dir)
+            last[M.MLFLOW_UNSENT] = logger.close()
+        if options.trace_dir:
+            write_trace(options.trace_dir, rank, last, parts.model)
+        session.report(last, ckpt)
+        if ckpt:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        if rank == 0 and options.progress:
+            line = print_progress(state, spec, length, loss_value, verdict, time.time() - self.start_time)
+            if options.mlflow_uri and options.progress_run_id:
+                logger.set_tags({M.TAG_PROGRESS: line}, run_id=options.progress_run_id)
+        return verdict, finished, last
 
 
 def write_trace(trace_dir: str, rank: int, report: dict, model) -> None:

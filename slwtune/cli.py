@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -261,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         return M.EXIT_INFRA
     except KeyboardInterrupt:
         print("slwtune: interrupted", file=sys.stderr)
+        return M.EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (`slwtune plan ... | head`): no traceback, as the Python docs
+        # advise (library/signal.html, "Note on SIGPIPE"): point stdout at devnull so the flush at exit is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return M.EXIT_INTERRUPTED
     except Exception:  # a backend (Ray, MLflow) or a bug: never exit 1, which means "the run failed"
         traceback.print_exc()

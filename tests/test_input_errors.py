@@ -95,3 +95,13 @@ def test_help_lists_the_invalid_input_exit_code(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     assert f"{M.EXIT_INVALID}    invalid input" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`slwtune plan PRESET | head -1`: the pipe closes before the plan is printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "slwtune.cli", "plan", "shakespeare-demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command (still importing) writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == M.EXIT_INTERRUPTED
+    assert "Traceback" not in err and "BrokenPipeError" not in err

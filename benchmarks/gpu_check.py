@@ -40,6 +40,7 @@ import torch
 
 import slwtune.train_loop as loop_module
 from slwtune.data import DatasetMeta, WindowSampler, open_tokens, token_dtype
+from slwtune.files import SPLIT_FILES
 from slwtune.model import GPT, config_from_spec, configure_optimizer, flops_per_token, peak_flops
 from slwtune.sessions import LocalSession
 from slwtune.spec import JobSpec, parse_spec
@@ -67,8 +68,8 @@ def random_dataset(folder: Path, vocab: int, train_tokens: int, val_tokens: int)
     digests = {}
     for split, n in (("train", train_tokens), ("val", val_tokens)):
         blob = rng.integers(0, vocab, n).astype(dtype).tobytes()
-        (folder / f"{split}.bin").write_bytes(blob)
-        digests[f"{split}.bin"] = hashlib.sha256(blob).hexdigest()
+        (folder / SPLIT_FILES[split]).write_bytes(blob)
+        digests[SPLIT_FILES[split]] = hashlib.sha256(blob).hexdigest()
     DatasetMeta(tokenizer="gpt2" if vocab == 50257 else "bpe", vocab_size=vocab, dtype=token_dtype(vocab),
                 eot_id=None, train_tokens=train_tokens, val_tokens=val_tokens, sha256=digests,
                 sources=("random",), val_fraction=val_tokens / (train_tokens + val_tokens), seed=0).save(folder)

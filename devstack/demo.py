@@ -21,6 +21,7 @@ import httpx
 
 from devstack.stack import LocalStack, get_json, retrying
 from slwtune import metrics as M
+from slwtune.files import REPORT_FILE
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # How long one read may keep failing transiently (5xx, timeouts, no connection) before the demo gives
@@ -165,7 +166,7 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
 
 
 def _summary(job: dict, stack: LocalStack, root: Path) -> int:
-    report_path = stack.api.root / "jobs" / job["id"] / "out" / "report.json"
+    report_path = stack.api.root / "jobs" / job["id"] / "out" / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     _say(f"\n== job {job['id']}: {job['state']}")
     chosen = job.get("chosen") or report.get("chosen")

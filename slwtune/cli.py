@@ -10,6 +10,7 @@ import traceback
 
 from slwtune import metrics as M
 from slwtune.errors import SlwtuneError, SpecError
+from slwtune.files import REPORT_FILE
 
 EXIT_CODES_HELP = f"""exit codes (tune and train):
   {M.EXIT_OK}    done: knobs chosen and the full run finished (train: the run did not diverge or crash)
@@ -104,7 +105,7 @@ def cmd_tune(args) -> int:
         report = run_job(_load(args), out_dir=args.out, address=args.address, job_id=args.job_id,
                          full_run=not args.no_full_run)
     print(json.dumps({"outcome": report["outcome"], "error": report["error"], "chosen": report["chosen"],
-                      "full_run": report.get("full_run"), "report": f"{args.out}/report.json",
+                      "full_run": report.get("full_run"), "report": f"{args.out}/{REPORT_FILE}",
                       "mlflow_parent_run_id": report.get("mlflow_parent_run_id")}, indent=2, default=str))
     return M.EXIT_FOR_OUTCOME[report["outcome"]]
 

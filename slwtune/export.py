@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from slwtune.files import MODEL_DIR, MODEL_FILE, REPORT_FILE, SPEC_FILE
 from slwtune.model import GPT, GPTConfig
 
-MODEL_FILE = "model.pt"
-MODEL_ARTIFACT_DIR = "model"  # artifact folder of the full run in MLflow
+MODEL_ARTIFACT_DIR = MODEL_DIR  # artifact folder of the full run in MLflow
 _EMBEDDINGS = ("wte.weight", "embed_tokens.weight")  # the token table: built-in GPT, HF GPT-2 / Llama
 
 
@@ -100,14 +100,13 @@ def export_config(job_dir: str | Path) -> dict:
     import json
 
     from slwtune.errors import SpecError, TuningError
-    from slwtune.job import SPEC_FILE
     from slwtune.spec import load_spec
 
     folder = Path(job_dir)
     try:
-        report = json.loads((folder / "report.json").read_text())
+        report = json.loads((folder / REPORT_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise SpecError([{"loc": "JOB_DIR", "value": str(folder), "msg": f"no readable report.json "
+        raise SpecError([{"loc": "JOB_DIR", "value": str(folder), "msg": f"no readable {REPORT_FILE} "
                           f"({type(exc).__name__}); give a finished job's --out folder"}]) from None
     if not report.get("chosen"):
         raise TuningError(f"{folder}: the job chose no SLW knobs (outcome {report.get('outcome')!r}); "

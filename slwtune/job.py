@@ -24,13 +24,12 @@ from typing import Any
 from slwtune import metrics as M
 from slwtune import settings, tracking
 from slwtune.errors import SlwtuneError
+from slwtune.files import JOB_STATE_FILE as STATE_FILE, SPEC_FILE
 from slwtune.raycluster import default_storage
 from slwtune.spec import JobSpec
 from slwtune.tuning.results import RESUME_STEP_KEY, RESUME_TRIAL_KEY, ProbeResult
 from slwtune.tuning.strategies import Probe
 
-STATE_FILE = "job.json"
-SPEC_FILE = "spec.yaml"
 METRICS_DIR = "metrics"  # metrics MLflow never took, one JSONL file per run
 
 

@@ -75,7 +75,7 @@ def planned_vocab(spec: JobSpec) -> tuple[int, str]:
     if spec.model.vocab_size:
         return spec.model.vocab_size, "model.vocab_size"
     folder = Path(spec.data.path).expanduser()
-    if (folder / "meta.json").is_file():
+    if DatasetMeta.is_prepared(folder):
         return DatasetMeta.load(folder).vocab_size, f"the prepared dataset {folder}"
     vocab = effective_vocab_size(spec.data.tokenizer, spec.data.vocab_size)
     where = "a builtin dataset" if spec.data.path.startswith("builtin:") else "the dataset is not prepared yet"

@@ -13,7 +13,6 @@ from slwtune.data import (
     BpeTokenizer,
     DatasetMeta,
     WindowSampler,
-    _prepare_once,
     eval_batches,
     load_tokenizer,
     make_tokenizer,
@@ -25,6 +24,7 @@ from slwtune.data import (
     train_token_count,
     vocab_warning,
 )
+from slwtune.data.builtin import _prepare_once
 from slwtune.errors import DataError, SlwtuneError
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"

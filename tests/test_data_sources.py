@@ -12,6 +12,8 @@ from datasets import Dataset, DatasetDict
 from slwtune import data as D
 from slwtune.cli import main as cli_main
 from slwtune.data import DatasetMeta, load_tokenizer, open_tokens, prepare_dataset
+from slwtune.data import prepare as data_prepare
+from slwtune.data import sources as data_sources
 from slwtune.errors import DataError
 
 TEXTS = [f"record {i}: the quick brown fox jumps over the lazy dog {'again ' * (i % 5)}</s> literal\n"
@@ -99,8 +101,8 @@ def test_small_read_and_copy_blocks_change_nothing(tmp_path, tokenizer_dir, monk
     src = write_jsonl(tmp_path / "c.jsonl", TEXTS)
     pq.write_table(pa.table({"text": TEXTS}), tmp_path / "c.parquet")
     big = prepare_dataset(src, tmp_path / "a", str(tokenizer_dir))
-    monkeypatch.setattr(D, "SPILL_BLOCK", 3)
-    monkeypatch.setattr(D, "RECORD_BATCH", 2)
+    monkeypatch.setattr(data_prepare, "SPILL_BLOCK", 3)
+    monkeypatch.setattr(data_sources, "RECORD_BATCH", 2)
     small = prepare_dataset(src, tmp_path / "b", str(tokenizer_dir))
     small_pq = prepare_dataset(tmp_path / "c.parquet", tmp_path / "c", str(tokenizer_dir))
     assert big.sha256 == small.sha256 == small_pq.sha256
@@ -109,7 +111,7 @@ def test_small_read_and_copy_blocks_change_nothing(tmp_path, tokenizer_dir, monk
 def test_jsonl_is_read_line_by_line(tmp_path):
     src = tmp_path / "c.jsonl"
     src.write_text('{"text": "a"}\n{"text": "b"}\nNOT JSON\n')
-    reader = D.read_jsonl(src, "text")
+    reader = data_sources.read_jsonl(src, "text")
     assert [next(reader)[0], next(reader)[0]] == ["a", "b"]  # the bad third line is not read yet
     with pytest.raises(DataError, match=r"c.jsonl:3: not a JSON line"):
         next(reader)

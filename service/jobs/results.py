@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from slwtune import metrics as M
+from slwtune.files import REPORT_FILE
 
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import JobRow
 from service.mlflow_reader import ParentRun
 from service.ray_jobs import RayJobInfo
 
-REPORT_FILE = "report.json"
 OUT_DIR = "out"  # the driver's --out inside the job folder (see submission.driver_command)
 REPORT_MAX_BYTES = 16 << 20  # a real report is tens of KiB
 # The report's fields the job view shows.

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from slwtune.files import SPEC_FILE
 from slwtune.spec import JobSpec
 
 from service.backends import BackendError, Backends, BackendUnavailable
@@ -53,9 +54,9 @@ def driver_command(job_id: str, folder: Path, tracking_uri: str, settings: Setti
     runtime_env: dict[str, Any] = {"env_vars": env}
     if settings.spec_transport == "working_dir":
         runtime_env["working_dir"] = str(folder)
-        spec_file, out = "spec.yaml", OUT_DIR
+        spec_file, out = SPEC_FILE, OUT_DIR
     else:
-        spec_file, out = str(folder / "spec.yaml"), str(folder / OUT_DIR)
+        spec_file, out = str(folder / SPEC_FILE), str(folder / OUT_DIR)
     if resume:
         argv = [settings.driver_python, "-m", "slwtune.cli", "tune", "--resume", out]
     else:
@@ -136,7 +137,7 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     job_id = new_job_id()
     folder = job_dir(settings, job_id)
     folder.mkdir(parents=True)
-    (folder / "spec.yaml").write_text(spec_yaml(spec))
+    (folder / SPEC_FILE).write_text(spec_yaml(spec))
     now = utcnow()
     row = JobRow(id=job_id, principal=principal, name=spec.name, spec=spec.to_dict(), state="queued",
                  idempotency_key=idempotency_key, request_hash=digest, mlflow_tracking_uri=uri,

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from slwtune.errors import SpecError
+from slwtune.files import META_FILE as SIDECAR, TOKEN_FILES  # the prepared dataset's files
 from slwtune.plan import planned_trials
 from slwtune.spec import JobSpec, apply_overrides, parse_spec, preset_data, preset_path
 
@@ -21,8 +22,6 @@ from service.settings import Settings
 
 # The builtin corpus the driver prepares itself (slwtune.data.BUILTIN_SHAKESPEARE; that module imports torch).
 BUILTIN_DATASETS = frozenset({"builtin:shakespeare"})
-SIDECAR = "meta.json"  # the prepared dataset's description (slwtune.data.DatasetMeta)
-TOKEN_FILES = ("train.bin", "val.bin")
 SIDECAR_MAX_BYTES = 1 << 20  # a real one is a few KiB: do not read a huge file to find out it is not one
 # Over REST these belong to the server (its MLFLOW_TRACKING_URI, and an Optuna study in the job's folder):
 # a caller's URI would make the API and the cluster connect to hosts or create files the caller chose.

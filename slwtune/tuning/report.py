@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slwtune import metrics as M
+from slwtune.files import REPORT_FILE, REPORT_MARKDOWN
 from slwtune.pacing import make_pacing
 from slwtune.schedule import steps_for_tokens
 
@@ -207,7 +208,7 @@ def _spikes(trial: dict) -> str:
 
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    js, md = out_dir / "report.json", out_dir / "report.md"
+    js, md = out_dir / REPORT_FILE, out_dir / REPORT_MARKDOWN
     js.write_text(json.dumps(report, indent=2, default=str))
     md.write_text(report_markdown(report))
     return [js, md]

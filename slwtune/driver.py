@@ -14,7 +14,8 @@ from typing import Callable
 
 from slwtune import metrics as M
 from slwtune import storage, tracking
-from slwtune.export import MODEL_ARTIFACT_DIR, export_model
+from slwtune.export import export_model
+from slwtune.files import MODEL_DIR
 from slwtune.job import Job
 from slwtune.raycluster import ensure_ray, local_cpus_for
 from slwtune.spec import JobSpec, load_spec, parse_spec
@@ -145,9 +146,9 @@ def run_full(job: Job, chosen: Probe | None, start_from: str | None) -> dict:
                    model=None)
     # An entrypoint's checkpoint holds the user's own model, in the user's own format: it is the result as is.
     if summary["checkpoint"] and summary["verdict"] not in M.RUN_FAILED_VERDICTS and not spec.model.entrypoint:
-        summary["model"] = str(export_model(spec, summary["checkpoint"], job.out / "model"))
+        summary["model"] = str(export_model(spec, summary["checkpoint"], job.out / MODEL_DIR))
         if run_id:
-            job.track("log the model", tracking.log_artifact, run_id, summary["model"], MODEL_ARTIFACT_DIR)
+            job.track("log the model", tracking.log_artifact, run_id, summary["model"], MODEL_DIR)
     if run_id:
         job.track("tag the full run", tracking.set_tags, run_id,
                   {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from slwtune.files import MODEL_DIR, MODEL_FILE, REPORT_FILE, SPEC_FILE
+from slwtune.files import MODEL_FILE, REPORT_FILE, SPEC_FILE
 from slwtune.model import GPT, GPTConfig
 
-MODEL_ARTIFACT_DIR = MODEL_DIR  # artifact folder of the full run in MLflow
 _EMBEDDINGS = ("wte.weight", "embed_tokens.weight")  # the token table: built-in GPT, HF GPT-2 / Llama
 
 

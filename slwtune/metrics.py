@@ -58,6 +58,7 @@ OUTCOME_DONE = "done"                      # knobs chosen; the full run (if any)
 OUTCOME_RUN_FAILED = "full_run_failed"     # the full run diverged or crashed
 OUTCOME_NONE_STABLE = "none_stable"        # no probe was stable: the report says what to change
 OUTCOME_PROBES_CRASHED = "probes_crashed"  # every probe crashed: not an SLW signal, no advice
+OUTCOMES = (OUTCOME_DONE, OUTCOME_RUN_FAILED, OUTCOME_NONE_STABLE, OUTCOME_PROBES_CRASHED)
 
 # Exit codes of `slwtune tune|train` (and of the Ray job's driver): one contract.
 EXIT_OK = 0             # done: knobs chosen and the full run (if any) finished stable

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from devstack.stack import LocalStack, get_json, retrying
+from devstack.stack import LocalStack
+from devstack.waiting import get_json, retrying
 from service import states as S
 from slwtune import metrics as M
 
@@ -152,7 +153,7 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping everything")
         return 130
-    except TimeoutError as exc:  # a service stayed unreachable past its deadline (see devstack.stack.retrying)
+    except TimeoutError as exc:  # a service stayed unreachable past its deadline (see devstack.waiting.retrying)
         _say(f"\nslwtune demo: {exc}\n   logs: {root}")
         return 1
     finally:

@@ -6,5 +6,7 @@ lazily) and by the end-to-end test fixtures.
 
 - `devstack.stack`: `RayHead`, `MlflowServer`, `ApiServer`, `LocalStack`
   (`python -m devstack.stack stop DIR` ends a stack left up by `slwtune demo --keep-up`);
+- `devstack.processes`: free loopback ports, child processes and ending them by id or marker;
+- `devstack.waiting`: `retrying`, `get_json`, `wait_for`, `wait_http` (a busy service waited out);
 - `devstack.demo`: `run_demo`, what `make demo` runs.
 """

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from devstack.stack import LocalStack, get_json, retrying
+from devstack.stack import LocalStack
+from devstack.waiting import get_json, retrying
+from service import states as S
 from slwtune import metrics as M
 from slwtune.files import REPORT_FILE
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 # How long one read may keep failing transiently (5xx, timeouts, no connection) before the demo gives
 # up: the API and MLflow share the machine's cores with the probes, and answer slowly while they train.
 READ_DEADLINE_S = 300
@@ -67,14 +68,14 @@ class Follower:
         trials = answer["data"]
         for t in trials:
             # the loop tags its verdict as its last act, so a verdict means the probe has ended
-            if t.get("kind") == "probe" and t.get("verdict") and t["run_id"] not in self.seen_trials:
+            if t.get("kind") == M.KIND_PROBE and t.get("verdict") and t["run_id"] not in self.seen_trials:
                 self.seen_trials.add(t["run_id"])
                 ppl = t["metrics"].get(M.VAL_PPL)
                 ratio = t["metrics"].get(M.TRAIN_LOSS_RATIO)
                 _say(f"   probe s={t.get('start_length')} T={t.get('duration_steps'):<5} -> {t['verdict']:<11} "
                      f"val ppl {ppl if ppl is None else round(ppl, 1)}  loss ratio "
                      f"{ratio if ratio is None else round(ratio, 3)}  {t.get('reason') or ''}")
-            if t.get("kind") == "full_run" and t.get("status") == "RUNNING":
+            if t.get("kind") == M.KIND_FULL_RUN and t.get("status") == S.RUN_RUNNING:
                 self._full_run_progress(t, job)
         return job
 
@@ -141,7 +142,7 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
         _say(f"\nsubmitted job {job['id']} ({preset}) through POST {stack.api.url}/v1/jobs")
         follower = Follower(client, job["id"])
         deadline = time.time() + timeout_s
-        while job["state"] not in TERMINAL and time.time() < deadline:
+        while job["state"] not in S.TERMINAL_STATES and time.time() < deadline:
             time.sleep(2)
             job = follower.poll()
         follower.poll()
@@ -153,7 +154,7 @@ def run_demo(keep_up: bool = False, preset: str = "shakespeare-demo", root: Path
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping everything")
         return 130
-    except TimeoutError as exc:  # a service stayed unreachable past its deadline (see devstack.stack.retrying)
+    except TimeoutError as exc:  # a service stayed unreachable past its deadline (see devstack.waiting.retrying)
         _say(f"\nslwtune demo: {exc}\n   logs: {root}")
         return 1
     finally:
@@ -169,28 +170,28 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
     report_path = stack.api.root / "jobs" / job["id"] / "out" / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     _say(f"\n== job {job['id']}: {job['state']}")
-    chosen = job.get("chosen") or report.get("chosen")
+    chosen = job.get("chosen") or report.get(M.REPORT_CHOSEN)
     if chosen:
         _say(f"chosen knobs:   start length {chosen['start_length']}, duration T = {chosen['duration_steps']} steps")
-    elif report.get("error") or job.get("error"):
-        _say(f"failed:         {report.get('error') or job.get('error')}")
+    elif report.get(M.REPORT_ERROR) or job.get("error"):
+        _say(f"failed:         {report.get(M.REPORT_ERROR) or job.get('error')}")
     else:
         _say(f"no stable configuration: {job.get('error') or ''}")
-        for advice in report.get("advice", []):
+        for advice in report.get(M.REPORT_ADVICE, []):
             _say(f"   - {advice}")
-    decision = report.get("decision") or job.get("decision") or {}
+    decision = report.get(M.REPORT_DECISION) or job.get("decision") or {}
     if decision.get("winner"):
         who = "SLW with these knobs" if decision["winner"] == "slw" else "the baseline (SLW off)"
         _say(f"decision:       {who}: {decision.get('reason') or ''}")
     if report:
-        control = report.get("control") or {}
+        control = report.get(M.REPORT_CONTROL) or {}
         if control:
             _say(f"control (no SLW): {control.get('verdict')}, val ppl {control.get('val_ppl') or float('nan'):.1f}")
-        if report.get("message"):
-            _say(f"                {report['message']}")
-        _say(f"tuning cost:    {report['tuning_fraction']:.1%} of the full run's tokens "
-             f"({report['net_tuning_fraction']:.1%} net of the probe the full run continued from)")
-        full = report.get("full_run") or {}
+        if report.get(M.REPORT_MESSAGE):
+            _say(f"                {report[M.REPORT_MESSAGE]}")
+        _say(f"tuning cost:    {report[M.REPORT_TUNING_FRACTION]:.1%} of the full run's tokens "
+             f"({report[M.REPORT_NET_TUNING_FRACTION]:.1%} net of the probe the full run continued from)")
+        full = report.get(M.REPORT_FULL_RUN) or {}
         if full:
             _say(f"full run:       {full.get('verdict')}{'' if full.get('slw_enabled', True) else ' (SLW off)'}, "
                  f"final val ppl {full.get('final_val_ppl') or float('nan'):.1f}, "
@@ -203,4 +204,4 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
          "(sign in with the token shown when the Ray head started)")
     _say(f"MLflow run:     {links.get('mlflow_run') or stack.mlflow.uri}")
     _say(f"job (REST):     {stack.api.url}/v1/jobs/{job['id']}")
-    return 0 if job["state"] == "succeeded" else 1
+    return 0 if job["state"] == S.SUCCEEDED else 1

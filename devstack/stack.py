@@ -17,224 +17,20 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
-import httpx
+from devstack.processes import (LOOPBACK_HOST, STACK_MARKER, cmdline, end_marked, end_process, free_port, kill_pid,
+                                marked_pids, port_or_free, spawn, venv_bin)
+from devstack.waiting import wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
-STACK_MARKER = "SLWTUNE_STACK"
-LOOPBACK_HOST = "127.0.0.1"  # every service of this stack listens here only
 RAY_PORT_FLAGS = ("port", "node-manager-port", "object-manager-port", "ray-client-server-port",
                   "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                   "metrics-export-port")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK_HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_or_free(preferred: int) -> int:
-    """The preferred port when free, else any free one (a second demo, a busy 5000, ...)."""
-    with socket.socket() as s:
-        try:
-            s.bind((LOOPBACK_HOST, preferred))
-            return preferred
-        except OSError:
-            return free_port()
-
-
-# ---- waiting on a busy service ------------------------------------------------------------------
-# A service on a busy machine is slow, not broken: a 5xx, a timeout or a refused connection is
-# tried again with exponential backoff (doubling from FIRST_BACKOFF_S up to MAX_BACKOFF_S, or the
-# server's Retry-After when it names one) until a deadline, as urllib3's `Retry` does
-# (backoff_factor * 2**n, capped by backoff_max, respecting Retry-After). Anything else (a 4xx, a
-# wrong answer) fails at once.
-FIRST_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 10.0
-
-
-def transient(exc: BaseException) -> bool:
-    """An error worth trying again: no connection, a timeout, a dropped answer, a 5xx, or a 409 that
-    names a Retry-After (the API's "still being submitted / still stopping")."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        code = exc.response.status_code
-        return code >= 500 or (code == 409 and "retry-after" in exc.response.headers)
-    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    if isinstance(exc, httpx.HTTPStatusError):
-        try:
-            return float(exc.response.headers.get("retry-after", ""))
-        except ValueError:
-            return None
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def retrying(call, what: str, deadline_s: float, say=None):
-    """`call()`, tried again after transient errors (see `transient`) with backoff until `deadline_s`
-    has passed; `say` (e.g. print) is told once per wait what is awaited and why. The last transient
-    error is raised as TimeoutError naming `what`; other errors are raised at once."""
-    deadline, wait = time.monotonic() + deadline_s, FIRST_BACKOFF_S
-    while True:
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - sorted by `transient`
-            left = deadline - time.monotonic()
-            if not transient(exc):
-                raise
-            if left <= 0:
-                raise TimeoutError(f"gave up after {deadline_s:.0f}s waiting for {what}: {_describe(exc)}") from exc
-            pause = min(max(wait, _retry_after(exc) or 0.0), MAX_BACKOFF_S, left)
-            if say is not None:
-                say(f"   (waiting for {what}: {_describe(exc)}; trying again in {pause:.1f}s)")
-            time.sleep(pause)
-            wait = min(wait * 2, MAX_BACKOFF_S)
-
-
-def get_json(client: httpx.Client, path: str, what: str, deadline_s: float = 300, say=None, **kw):
-    """GET `path` on `client` and return its JSON, retrying transient errors (see `retrying`)."""
-    return retrying(lambda: client.get(path, **kw).raise_for_status().json(), what, deadline_s, say)
-
-
-def wait_for(fetch, done, timeout: float, what: str = "", every: float = 1.0):
-    """Call `fetch` every `every` s until `done(result)`; returns that result, or fails naming `what`
-    and the last result seen (the end-to-end tests and drills wait on a job's state this way).
-
-    A transient error from `fetch` (a 5xx, a timeout, no connection: see `transient`) is waited out
-    with backoff like any unfinished state; any other error is raised at once."""
-    deadline, last, backoff = time.time() + timeout, None, FIRST_BACKOFF_S
-    while time.time() < deadline:
-        try:
-            last = fetch()
-        except Exception as exc:  # noqa: BLE001 - sorted by `transient`
-            if not transient(exc):
-                raise
-            last = f"(transient error) {_describe(exc)}"
-            time.sleep(min(backoff, max(0.0, deadline - time.time())))
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
-            continue
-        backoff = FIRST_BACKOFF_S
-        if done(last):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {str(last)[-2000:]}")
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, what: str = "",
-              headers: dict | None = None) -> None:
-    """Poll `url` until it answers 2xx; fail early when `proc` exits."""
-    deadline, last = time.time() + timeout, None
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what or url} exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as r:
-                if 200 <= r.status < 300:
-                    return
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.5)
-    raise TimeoutError(f"{what or url} not ready after {timeout:.0f}s ({last})")
-
-
-def _bin(name: str) -> str:
-    """A console script of this environment (the venv's ray / mlflow)."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
-
-
-def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    # Its own session, so the whole group can be ended without touching anything else.
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def end_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def marked_pids(marker: str) -> list[int]:
-    """Processes whose environment carries `marker` (the Ray head and everything it started)."""
-    needle = f"{STACK_MARKER}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def end_marked(marker: str, grace: float = 10) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-        pids = marked_pids(marker)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait
-        while pids and time.time() < deadline:
-            time.sleep(0.2)
-            pids = [p for p in pids if _alive(p)]
-        if not pids:
-            return
-
-
-def cmdline(pid: int) -> list[str]:
-    """A process's argv (its title, for Ray's workers: `ray::RayTrainWorker...`); [] once it is gone."""
-    try:
-        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def kill_pid(pid: int, sig: int = signal.SIGKILL, wait: float = 10) -> None:
-    """Send `sig` to one process, by its id (never by name), and wait until it is gone or a zombie."""
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + wait
-    while _alive(pid) and time.time() < deadline:
-        time.sleep(0.05)
 
 
 def sign_in_text(dashboard_url: str, token: str) -> str:
@@ -289,7 +85,7 @@ class RayHead:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(self.client_env, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
                    SLWTUNE_STORAGE=str(self.temp_dir / "ray_results"), **{STACK_MARKER: self.marker})
-        cmd = [_bin("ray"), "start", "--head", "--block", "--temp-dir", str(self.temp_dir),
+        cmd = [venv_bin("ray"), "start", "--head", "--block", "--temp-dir", str(self.temp_dir),
                "--num-cpus", str(self.num_cpus), "--dashboard-host", LOOPBACK_HOST,
                "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
                "--disable-usage-stats", *[a for k, v in ports.items() for a in (f"--{k}", str(v))]]
@@ -324,7 +120,7 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [_bin("mlflow"), "server", "--host", LOOPBACK_HOST, "--port", str(self.port),
+        cmd = [venv_bin("mlflow"), "server", "--host", LOOPBACK_HOST, "--port", str(self.port),
                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
         self.proc = spawn(cmd, dict(os.environ), self.root / "mlflow.log")

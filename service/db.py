@@ -11,7 +11,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Index, String, Text, UniqueCons
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+from service.states import QUEUED, TERMINAL_STATES
 
 
 def utcnow() -> datetime:
@@ -36,7 +36,7 @@ class JobRow(Base):
     principal: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(128))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
     phase: Mapped[str | None] = mapped_column(String(16), default=None)
     progress: Mapped[str | None] = mapped_column(Text, default=None)
     chosen: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

@@ -4,6 +4,8 @@ maps each class to its status code once (the library's `SpecError` and the backe
 
 from __future__ import annotations
 
+from service.states import CANCELLED
+
 
 class NotFound(Exception):
     """No such resource for this principal (404); the message names what was asked for."""
@@ -34,7 +36,7 @@ class JobFinished(Conflict):
 
     def __init__(self, state: str):
         self.state = state
-        super().__init__(f"the job already {state}" if state != "cancelled" else "the job is already cancelled")
+        super().__init__(f"the job already {state}" if state != CANCELLED else "the job is already cancelled")
 
 
 class IdempotencyInProgress(Conflict):

@@ -19,10 +19,8 @@ from typing import Any
 from slwtune import metrics as M
 
 from service.backends import BackendError, BackendUnavailable
+from service.states import RUN_KILLED, RUN_RUNNING
 
-
-# MLflow's own run statuses
-RUNNING, KILLED = "RUNNING", "KILLED"
 REPORT_ARTIFACT = "report.json"  # the driver logs its report at the root of the parent run's artifacts
 
 
@@ -206,12 +204,12 @@ class MlflowReader:
         lost driver left behind); with `kinds`, only the children of those kinds. Returns how many."""
         client = self._client(uri)
         children = [t["run_id"] for t in self.trials(uri, experiment_id, parent_run_id)
-                    if t["status"] == RUNNING and (kinds is None or t["kind"] in kinds)]
+                    if t["status"] == RUN_RUNNING and (kinds is None or t["kind"] in kinds)]
         ended = 0
         for run_id in ([] if kinds else [parent_run_id]) + children:
             run = self._call(uri, "get run", client.get_run, run_id)
-            if run is not None and run.info.status == RUNNING:
-                self._call(uri, "end run", client.set_terminated, run_id, status=KILLED)
+            if run is not None and run.info.status == RUN_RUNNING:
+                self._call(uri, "end run", client.set_terminated, run_id, status=RUN_KILLED)
                 ended += 1
         return ended
 

@@ -14,27 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from service.backends import BackendError, BackendUnavailable
-
-# Ray job status -> registry state (a driver exit 2, "nothing stable", is a FAILED job in Ray too).
-RAY_TO_STATE = {
-    "PENDING": "queued",
-    "RUNNING": "running",
-    "SUCCEEDED": "succeeded",
-    "FAILED": "failed",
-    "STOPPED": "cancelled",
-}
+from service.states import RAY_TO_STATE, RUNNING
 
 
 @dataclass
 class RayJobInfo:
-    status: str  # PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
+    status: str  # service.states.RAY_*: PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
     message: str | None = None
     driver_exit_code: int | None = None
     error_type: str | None = None  # Ray's JobErrorType when it FAILED (e.g. RUNTIME_ENV_SETUP_FAILURE)
 
     @property
     def state(self) -> str:
-        return RAY_TO_STATE.get(self.status, "running")
+        return RAY_TO_STATE.get(self.status, RUNNING)
 
 
 def _client_class(timeout: float):

@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from slwtune import metrics as M
 from slwtune.spec import PRESET_NAME, PRESET_NAME_MAX
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from service import states as S
+
+JobState = Literal[S.QUEUED, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED]
 JobPhase = Literal[M.PHASE_PROBING, M.PHASE_SELECTING, M.PHASE_FULL_RUN]  # the driver's, less its final `done`
 
 
@@ -169,7 +171,7 @@ class TrialPublic(BaseModel):
     run_id: str
     name: str | None = None
     kind: str | None = Field(None, description=f"{M.KIND_PROBE} | {M.KIND_FULL_RUN}")
-    status: str = Field(description="the MLflow run status (RUNNING, FINISHED, FAILED, KILLED)")
+    status: str = Field(description=f"the MLflow run status ({', '.join(S.RUN_STATUSES)})")
     round: int | None = None
     start_length: int | None = None
     duration_steps: int | None = None

@@ -104,10 +104,10 @@ def cmd_tune(args) -> int:
             raise SpecError([{"loc": "spec", "value": None, "msg": "a spec (file or preset) or --resume OUT is needed"}])
         report = run_job(_load(args), out_dir=args.out, address=args.address, job_id=args.job_id,
                          full_run=not args.no_full_run)
-    print(json.dumps({"outcome": report["outcome"], "error": report["error"], "chosen": report["chosen"],
-                      "full_run": report.get("full_run"), "report": f"{args.out}/{REPORT_FILE}",
-                      "mlflow_parent_run_id": report.get("mlflow_parent_run_id")}, indent=2, default=str))
-    return M.EXIT_FOR_OUTCOME[report["outcome"]]
+    said = {key: report.get(key) for key in (M.REPORT_OUTCOME, M.REPORT_ERROR, M.REPORT_CHOSEN, M.REPORT_FULL_RUN)}
+    print(json.dumps({**said, "report": f"{args.out}/{REPORT_FILE}",
+                      M.REPORT_PARENT_RUN_ID: report.get(M.REPORT_PARENT_RUN_ID)}, indent=2, default=str))
+    return M.EXIT_FOR_OUTCOME[report[M.REPORT_OUTCOME]]
 
 
 def cmd_plan(args) -> int:

@@ -98,6 +98,7 @@ def export_config(job_dir: str | Path) -> dict:
     a finished job's folder, TuningError when the job chose nothing."""
     import json
 
+    from slwtune import metrics as M
     from slwtune.errors import SpecError, TuningError
     from slwtune.spec import load_spec
 
@@ -107,16 +108,16 @@ def export_config(job_dir: str | Path) -> dict:
     except (OSError, ValueError) as exc:
         raise SpecError([{"loc": "JOB_DIR", "value": str(folder), "msg": f"no readable {REPORT_FILE} "
                           f"({type(exc).__name__}); give a finished job's --out folder"}]) from None
-    if not report.get("chosen"):
-        raise TuningError(f"{folder}: the job chose no SLW knobs (outcome {report.get('outcome')!r}); "
+    if not report.get(M.REPORT_CHOSEN):
+        raise TuningError(f"{folder}: the job chose no SLW knobs (outcome {report.get(M.REPORT_OUTCOME)!r}); "
                            f"nothing to export")
     spec = load_spec(folder / SPEC_FILE)
     notes = []
-    full_run = report.get("full_run") or {}
+    full_run = report.get(M.REPORT_FULL_RUN) or {}
     if full_run.get("slw_enabled") is False:
         notes.append("the full run trained without SLW (the control won): these are the best SLW knobs probed")
     if spec.slw.mode == "reshape":
         notes.append("slw.mode=reshape: DeepSpeed's legacy seqlen curriculum truncates; use its Data Efficiency "
                      "library for reshaping")
-    return {"deepspeed": curriculum_config(spec, report["chosen"]), "megatron_deepspeed_args": megatron_args(spec),
+    return {"deepspeed": curriculum_config(spec, report[M.REPORT_CHOSEN]), "megatron_deepspeed_args": megatron_args(spec),
             "notes": notes}

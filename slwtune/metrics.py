@@ -1,5 +1,5 @@
 """The project's vocabulary: metric names, report keys, verdicts, job phases and outcomes,
-CLI exit codes and MLflow tag names. The one place each is spelled, so every MLflow run,
+CLI exit codes, MLflow tag names and run statuses. The one place each is spelled, so every MLflow run,
 report.json, the CLI and the service line up. Import as `from slwtune import metrics as M`."""
 
 import math
@@ -58,6 +58,7 @@ OUTCOME_DONE = "done"                      # knobs chosen; the full run (if any)
 OUTCOME_RUN_FAILED = "full_run_failed"     # the full run diverged or crashed
 OUTCOME_NONE_STABLE = "none_stable"        # no probe was stable: the report says what to change
 OUTCOME_PROBES_CRASHED = "probes_crashed"  # every probe crashed: not an SLW signal, no advice
+OUTCOMES = (OUTCOME_DONE, OUTCOME_RUN_FAILED, OUTCOME_NONE_STABLE, OUTCOME_PROBES_CRASHED)
 
 # Exit codes of `slwtune tune|train` (and of the Ray job's driver): one contract.
 EXIT_OK = 0             # done: knobs chosen and the full run (if any) finished stable
@@ -93,6 +94,40 @@ TAG_DURATION_STEPS = "slw.duration_steps"
 TAG_SLW_ENABLED = "slw.enabled"            # every training run: false for the control and the baseline
 TAG_RACE_ARM = "slwtune.race_arm"          # race: slw | baseline
 TAG_DECISION = "slwtune.decision"          # job: the race's winner (slw | baseline), or - without a race
+
+# MLflow's run statuses, as the library writes them (the service reads them through service.states)
+RUN_RUNNING, RUN_FINISHED, RUN_FAILED, RUN_KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
+# Keys of a job's report (report.json; `slwtune.tuning.report.build_report` writes them, the driver adds
+# the last three when the job ends)
+REPORT_JOB_ID = "job_id"
+REPORT_NAME = "name"
+REPORT_OUTCOME = "outcome"            # one of the OUTCOME_* values
+REPORT_ERROR = "error"                # why the job failed, or None
+REPORT_STRATEGY = "strategy"
+REPORT_CHOSEN = "chosen"              # {start_length, duration_steps}, or None
+REPORT_TRIALS = "trials"
+REPORT_CONTROL = "control"            # the control probe (SLW off)
+REPORT_COMPARISON = "comparison"      # every stable SLW probe against the control at equal tokens
+REPORT_BASELINE_WINS = "baseline_wins"
+REPORT_MESSAGE = "message"
+REPORT_DECISION = "decision"          # the race between SLW and the control
+REPORT_TUNING_TOKENS = "tuning_tokens"
+REPORT_CONTROL_TOKENS = "control_tokens"
+REPORT_RACE_TOKENS = "race_tokens"
+REPORT_FULL_RUN_TOKENS = "full_run_tokens"
+REPORT_TUNING_FRACTION = "tuning_fraction"
+REPORT_REUSED_PROBE_TOKENS = "reused_probe_tokens"
+REPORT_NET_TUNING_FRACTION = "net_tuning_fraction"
+REPORT_PROBE_STEPS = "probe_steps"
+REPORT_NOTES = "notes"
+REPORT_VIOLATIONS = "violations"
+REPORT_ADVICE = "advice"              # what to change when no probe was stable
+REPORT_PARENT_RUN_ID = "mlflow_parent_run_id"
+REPORT_FULL_RUN = "full_run"
+REPORT_RESTARTS = "restarts"          # the driver's own restarts (--resume)
+REPORT_WARNINGS = "warnings"          # what went wrong around the job without failing it
+REPORT_DISK_BYTES = "disk_bytes"      # the job folder plus its checkpoints
 
 # Values that cannot be NaN/Inf in reports (Tune's schedulers choke on them).
 NONFINITE_STANDIN = 1e30

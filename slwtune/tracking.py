@@ -124,17 +124,17 @@ def best_effort(what: str, fn, *args, **kwargs):
 
 def run_status(verdict: str) -> str:
     """The MLflow status that tells a run's verdict in the UI's status column."""
-    return {M.STABLE: "FINISHED", M.FAILED: "FAILED"}.get(verdict, "KILLED")  # unstable = pruned
+    return {M.STABLE: M.RUN_FINISHED, M.FAILED: M.RUN_FAILED}.get(verdict, M.RUN_KILLED)  # unstable = pruned
 
 
-def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+def end_run(uri: str, run_id: str, status: str = M.RUN_FINISHED) -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
 def reopen_run(uri: str, run_id: str) -> None:
     """RUNNING again: a run that goes on after its driver was lost (and the service ended it KILLED);
     `end_run` sets its status and end time again when it ends."""
-    _client(uri).update_run(run_id, status="RUNNING")
+    _client(uri).update_run(run_id, status=M.RUN_RUNNING)
 
 
 def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:

@@ -14,7 +14,8 @@ import time
 import pytest
 
 import devstack.demo as demo
-from devstack.stack import LocalStack, kill_pid
+from devstack.processes import kill_pid
+from devstack.stack import LocalStack
 
 pytestmark = pytest.mark.slow
 

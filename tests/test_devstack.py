@@ -214,10 +214,10 @@ class Flaky:
 
 @pytest.fixture
 def sleeps(monkeypatch):
-    import devstack.stack
+    import devstack.waiting
 
     slept = []
-    monkeypatch.setattr(devstack.stack.time, "sleep", slept.append)
+    monkeypatch.setattr(devstack.waiting.time, "sleep", slept.append)
     return slept
 
 
@@ -282,7 +282,7 @@ def test_demo_survives_the_503_that_ended_it_on_a_busy_machine(demo_on_fakes, mo
 def test_wait_for_waits_out_transient_errors_and_raises_others(sleeps):
     import httpx
 
-    from devstack.stack import wait_for
+    from devstack.waiting import wait_for
 
     answers = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), "done"]
 
@@ -305,7 +305,7 @@ def test_wait_for_waits_out_transient_errors_and_raises_others(sleeps):
 def test_submit_retries_a_409_with_retry_after_but_not_other_4xx():
     import httpx
 
-    from devstack.stack import transient
+    from devstack.waiting import transient
 
     def status(code, **headers):
         request = httpx.Request("POST", "http://api.test/v1/jobs")

@@ -40,8 +40,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.stack import (ApiServer, MlflowServer, RayHead, api_env, cmdline, free_port, kill_pid, retrying,
-                            wait_for)
+from devstack.processes import cmdline, free_port, kill_pid
+from devstack.stack import ApiServer, MlflowServer, RayHead, api_env
+from devstack.waiting import retrying, wait_for
 from slwtune import metrics as M
 from slwtune import tracking
 from slwtune.storage import job_prefix
@@ -97,7 +98,7 @@ class Stack:
 
     def job(self, job_id: str) -> dict:
         r = self.get(f"/v1/jobs/{job_id}")
-        r.raise_for_status()  # a 5xx is waited out by wait_for (devstack.stack.transient)
+        r.raise_for_status()  # a 5xx is waited out by wait_for (devstack.waiting.transient)
         return r.json()
 
     def job_trials(self, job_id: str) -> list[dict]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from slwtune import storage
 from slwtune.storage import job_prefix
 
+from service import states as S
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import JobRow, utcnow
 from service.errors import JobFinished, JobNotFound, JobStillStopping
@@ -67,7 +68,7 @@ def stop_driver(session: Session, row: JobRow, b: Backends) -> None:
         if row.ray_submission_id:
             raise
         # Never reached Ray: nothing runs, so the cancel is immediate.
-        row.state, row.updated_at = "cancelled", utcnow()
+        row.state, row.updated_at = S.CANCELLED, utcnow()
         session.commit()
         return
     deadline = time.monotonic() + b.settings.cancel_wait_s

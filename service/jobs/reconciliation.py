@@ -13,7 +13,8 @@ from sqlalchemy.orm.exc import StaleDataError
 from slwtune import metrics as M
 
 from service.backends import BackendError, Backends, BackendUnavailable
-from service.db import TERMINAL_STATES, JobRow, as_utc, utcnow
+from service import states as S
+from service.db import JobRow, as_utc, utcnow
 from service.jobs.restarts import lost_reason, restart
 from service.jobs.results import STOPPED_OUTSIDE, cli_error, failure_reason, load_report, outcome_of, view_fields
 from service.mlflow_reader import ParentRun
@@ -83,7 +84,7 @@ def _ray_info(row: JobRow, b: Backends, ray_info: RayJobInfo | None | object) ->
 def _parent_run(row: JobRow, b: Backends, info: RayJobInfo | None) -> ParentRun | None:
     """The job's MLflow parent run, or None (not made yet, or MLflow down: noted in `b.outages`)."""
     # A PENDING driver has not started, so it has no MLflow run yet: skip the lookup.
-    if info is not None and info.status == "PENDING":
+    if info is not None and info.status == S.RAY_PENDING:
         return None
     try:
         with b.timer.measure("mlflow"):
@@ -109,7 +110,7 @@ def _follow_parent(row: JobRow, parent: ParentRun) -> None:
 def _settle(row: JobRow, b: Backends, info: RayJobInfo, parent: ParentRun | None) -> None:
     """A driver that ended the job itself: the state from Ray, what happened from its report."""
     row.state = info.state
-    if row.state == "cancelled":
+    if row.state == S.CANCELLED:
         if not row.cancel_requested:
             row.error = STOPPED_OUTSIDE  # stopped on purpose by someone else: said, not restarted
         _close_runs(b, row)
@@ -118,7 +119,7 @@ def _settle(row: JobRow, b: Backends, info: RayJobInfo, parent: ParentRun | None
     if report is not None:
         row.result = view_fields(report)
     row.outcome = outcome_of(report, parent)
-    if row.state == "failed":
+    if row.state == S.FAILED:
         row.error = failure_reason(info, report, parent, _log_tail(row, b, info))
 
 
@@ -169,17 +170,17 @@ def refresh(session: Session, row: JobRow, b: Backends, *, force: bool = False,
             _close_runs(b, row)
     elif info is not None:
         row.ray_status = info.status
-        if info.state in TERMINAL_STATES:
+        if info.state in S.TERMINAL_STATES:
             _settle(row, b, info, parent)
         else:
             # A restarted driver waiting for Ray to start it is still the same running job.
-            row.state = "running" if (info.state == "queued" and row.restarts) else info.state
+            row.state = S.RUNNING if (info.state == S.QUEUED and row.restarts) else info.state
             report = load_report(row, b, ended=False)  # control and comparison, once selected
             if report is not None:
                 row.result = view_fields(report)
     elif ray_answered and not row.ray_submission_id and now - as_utc(row.created_at) > SUBMIT_GRACE:
         # Ray has no such job and the submit never finished (the API died between insert and submit).
-        row.state, row.error = "failed", "the submission to Ray did not complete"
+        row.state, row.error = S.FAILED, "the submission to Ray did not complete"
 
     b.clock.mark(row.id)
     if _fields(row) == before:
@@ -223,7 +224,7 @@ def _listed_ray_jobs(b: Backends) -> tuple[dict[str, RayJobInfo] | None, bool]:
 def reconcile_all(session: Session, b: Backends, *, only_stale: bool = False) -> int:
     """Refresh every non-terminal job (at start-up), or those not refreshed within the interval
     (the background reconciler); returns how many were refreshed."""
-    rows = session.scalars(select(JobRow).where(JobRow.state.not_in(TERMINAL_STATES))).all()
+    rows = session.scalars(select(JobRow).where(JobRow.state.not_in(S.TERMINAL_STATES))).all()
     rows = [r for r in rows if not only_stale or needs_refresh(r, b)]
     known: dict[str, RayJobInfo] | None = None
     ray_down = False  # one unreachable answer is enough: do not wait a timeout per job

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from slwtune import metrics as M
 
+from service import states as S
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import JobRow, utcnow
 from service.jobs.results import job_dir, out_dir
@@ -69,7 +70,7 @@ def lost_reason(row: JobRow, info: RayJobInfo | None) -> str | None:
     """
     if info is None:
         return NO_RECORD if row.ray_submission_id else None
-    if (info.status == "FAILED" and info.driver_exit_code not in OUTCOME_EXITS
+    if (info.status == S.RAY_FAILED and info.driver_exit_code not in OUTCOME_EXITS
             and info.error_type not in CANNOT_START):
         return describe_exit(info)
     return None
@@ -92,7 +93,7 @@ def _claim(session: Session, row: JobRow, old_id: str | None, new_id: str, resta
     claimed = session.execute(
         update(JobRow)
         .where(JobRow.id == row.id, JobRow.ray_submission_id == old_id, JobRow.cancel_requested.is_(False))
-        .values(ray_submission_id=new_id, restarts=restarts, state="running", error=None, updated_at=utcnow())
+        .values(ray_submission_id=new_id, restarts=restarts, state=S.RUNNING, error=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)).rowcount
     session.commit()
     try:
@@ -117,11 +118,11 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
     """
     done = list(row.restarts or [])
     if row.cancel_requested:
-        row.state = "cancelled"
+        row.state = S.CANCELLED
         return
     limit = b.settings.max_driver_restarts
     if len(done) >= limit:
-        row.state, row.error = "failed", gave_up(reason, len(done), limit)
+        row.state, row.error = S.FAILED, gave_up(reason, len(done), limit)
         return
     old_id, new_id = row.ray_submission_id, f"{row.id}-r{len(done) + 1}"
     resumed = can_resume(row, b)
@@ -143,7 +144,7 @@ def restart(session: Session, row: JobRow, b: Backends, reason: str) -> None:
     except BackendError as exc:
         if "already exists" not in str(exc):  # a timed-out submit that did reach Ray is fine
             _unclaim(session, row, old_id, new_id, done)
-            row.state, row.error = "failed", f"the job driver was lost ({reason}) and Ray refused its restart: {exc}"
+            row.state, row.error = S.FAILED, f"the job driver was lost ({reason}) and Ray refused its restart: {exc}"
             return
     log.warning("job %s: driver lost (%s); resubmitted as %s%s", row.id, reason, new_id,
                 " with --resume" if resumed else " from the start")

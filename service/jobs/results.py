@@ -25,7 +25,8 @@ from service.ray_jobs import RayJobInfo
 OUT_DIR = "out"  # the driver's --out inside the job folder (see submission.driver_command)
 REPORT_MAX_BYTES = 16 << 20  # a real report is tens of KiB
 # The report's fields the job view shows.
-VIEW_KEYS = ("full_run", "control", "decision", "baseline_wins", "message", "warnings", "disk_bytes")
+VIEW_KEYS = (M.REPORT_FULL_RUN, M.REPORT_CONTROL, M.REPORT_DECISION, M.REPORT_BASELINE_WINS, M.REPORT_MESSAGE,
+             M.REPORT_WARNINGS, M.REPORT_DISK_BYTES)
 NO_STABLE = "no stable configuration"
 INVALID_INPUT = "invalid input"  # what a driver that exited M.EXIT_INVALID was given: the CLI's error says which
 STOPPED_OUTSIDE = "stopped in Ray (`ray job stop` or the dashboard), not through this API"
@@ -110,8 +111,8 @@ def cli_error(message: str | None) -> str | None:
 
 def outcome_of(report: dict | None, parent: ParentRun | None) -> str | None:
     """M.OUTCOME_* as the driver stated it (report first, then the parent run's tag); None if unknown."""
-    for outcome in ((report or {}).get("outcome"), parent.outcome if parent else None):
-        if outcome in (M.OUTCOME_DONE, M.OUTCOME_RUN_FAILED, M.OUTCOME_NONE_STABLE, M.OUTCOME_PROBES_CRASHED):
+    for outcome in ((report or {}).get(M.REPORT_OUTCOME), parent.outcome if parent else None):
+        if outcome in M.OUTCOMES:
             return outcome
     return None
 
@@ -129,7 +130,7 @@ def failure_reason(info: RayJobInfo, report: dict | None, parent: ParentRun | No
     outcome = outcome_of(report, parent)
     if outcome == M.OUTCOME_NONE_STABLE or (outcome is None and info.driver_exit_code == M.EXIT_NONE_STABLE):
         return NO_STABLE
-    for reason in ((report or {}).get("error"), parent.reason if parent else None, cli_error(info.message)):
+    for reason in ((report or {}).get(M.REPORT_ERROR), parent.reason if parent else None, cli_error(info.message)):
         if reason:
             return str(reason)[:2000]
     return (info.message or "the job driver failed")[:2000]

@@ -26,6 +26,7 @@ from service.jobs.validation import request_hash, resolve_spec
 from service.ray_jobs import RayJobs
 from service.schemas import JobCreate
 from service.settings import Settings
+from service.states import QUEUED
 
 log = logging.getLogger("slwtune.service")
 
@@ -139,7 +140,7 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     folder.mkdir(parents=True)
     (folder / SPEC_FILE).write_text(spec_yaml(spec))
     now = utcnow()
-    row = JobRow(id=job_id, principal=principal, name=spec.name, spec=spec.to_dict(), state="queued",
+    row = JobRow(id=job_id, principal=principal, name=spec.name, spec=spec.to_dict(), state=QUEUED,
                  idempotency_key=idempotency_key, request_hash=digest, mlflow_tracking_uri=uri,
                  created_at=now, updated_at=now)
     session.add(row)

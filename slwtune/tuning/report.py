@@ -96,32 +96,32 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
         arm = decision["arms"]["baseline" if (runs_baseline or chosen is None) else "slw"]
         reused = arm["tokens"] if arm["checkpoint"] else 0
     return {
-        "job_id": job_id,
-        "name": spec.name,
-        "outcome": outcome,   # slwtune.metrics.OUTCOME_*: what happened, in one word
-        "error": error,       # why the job failed, or None
-        "strategy": strategy,
-        "chosen": None if chosen is None else {"start_length": chosen.start_length,
-                                               "duration_steps": chosen.duration_steps},
-        "trials": [{k: v for k, v in p.to_dict().items() if k not in ("curve", "slw")} for p in probes],
-        "control": control_summary(control),
-        "comparison": comparison["probes"],
-        "baseline_wins": comparison["baseline_wins"],
-        "message": comparison["message"],
-        "decision": decision,
-        "tuning_tokens": tuning_tokens,
-        "control_tokens": control_tokens,
-        "race_tokens": race_tokens,
-        "full_run_tokens": full_tokens,
-        "tuning_fraction": tuning_tokens / full_tokens,
-        "reused_probe_tokens": reused,
-        "net_tuning_fraction": (tuning_tokens - reused) / full_tokens,
-        "probe_steps": spec.probe_steps(),
-        "notes": list(notes),
-        "violations": list(violations),
-        "advice": list(ADVICE_NONE_STABLE) if outcome == M.OUTCOME_NONE_STABLE else [],
-        "mlflow_parent_run_id": parent_run_id,
-        "full_run": full_run,
+        M.REPORT_JOB_ID: job_id,
+        M.REPORT_NAME: spec.name,
+        M.REPORT_OUTCOME: outcome,
+        M.REPORT_ERROR: error,
+        M.REPORT_STRATEGY: strategy,
+        M.REPORT_CHOSEN: None if chosen is None else {"start_length": chosen.start_length,
+                                                      "duration_steps": chosen.duration_steps},
+        M.REPORT_TRIALS: [{k: v for k, v in p.to_dict().items() if k not in ("curve", "slw")} for p in probes],
+        M.REPORT_CONTROL: control_summary(control),
+        M.REPORT_COMPARISON: comparison["probes"],
+        M.REPORT_BASELINE_WINS: comparison["baseline_wins"],
+        M.REPORT_MESSAGE: comparison["message"],
+        M.REPORT_DECISION: decision,
+        M.REPORT_TUNING_TOKENS: tuning_tokens,
+        M.REPORT_CONTROL_TOKENS: control_tokens,
+        M.REPORT_RACE_TOKENS: race_tokens,
+        M.REPORT_FULL_RUN_TOKENS: full_tokens,
+        M.REPORT_TUNING_FRACTION: tuning_tokens / full_tokens,
+        M.REPORT_REUSED_PROBE_TOKENS: reused,
+        M.REPORT_NET_TUNING_FRACTION: (tuning_tokens - reused) / full_tokens,
+        M.REPORT_PROBE_STEPS: spec.probe_steps(),
+        M.REPORT_NOTES: list(notes),
+        M.REPORT_VIOLATIONS: list(violations),
+        M.REPORT_ADVICE: list(ADVICE_NONE_STABLE) if outcome == M.OUTCOME_NONE_STABLE else [],
+        M.REPORT_PARENT_RUN_ID: parent_run_id,
+        M.REPORT_FULL_RUN: full_run,
     }
 
 
@@ -130,29 +130,29 @@ def _fmt(x, spec: str = ".2f") -> str:
 
 
 def report_markdown(report: dict) -> str:
-    lines = [f"# slwtune report: {report['name']} ({report['job_id']})", ""]
-    chosen = report["chosen"]
-    if report.get("error"):
-        lines += [f"**Failed:** {report['error']}", ""]
-    if report.get("message"):
-        lines += [f"**{report['message']}**", ""]
+    lines = [f"# slwtune report: {report[M.REPORT_NAME]} ({report[M.REPORT_JOB_ID]})", ""]
+    chosen = report[M.REPORT_CHOSEN]
+    if report.get(M.REPORT_ERROR):
+        lines += [f"**Failed:** {report[M.REPORT_ERROR]}", ""]
+    if report.get(M.REPORT_MESSAGE):
+        lines += [f"**{report[M.REPORT_MESSAGE]}**", ""]
     if chosen:
         lines.append(f"**Chosen:** start length {chosen['start_length']}, duration T = "
-                     f"{chosen['duration_steps']} steps (strategy `{report['strategy']}`).")
-    elif report["advice"]:
+                     f"{chosen['duration_steps']} steps (strategy `{report[M.REPORT_STRATEGY]}`).")
+    elif report[M.REPORT_ADVICE]:
         lines.append("**No stable configuration found.** What to change:")
-        lines += [f"- {a}" for a in report["advice"]]
-    lines += ["", f"Tuning cost: {report['tuning_tokens']:,} tokens = {report['tuning_fraction']:.1%} of the "
-              f"full run ({report['full_run_tokens']:,}); net of the reused winning probe: "
-              f"{report['net_tuning_fraction']:.1%}.", "",
+        lines += [f"- {a}" for a in report[M.REPORT_ADVICE]]
+    lines += ["", f"Tuning cost: {report[M.REPORT_TUNING_TOKENS]:,} tokens = {report[M.REPORT_TUNING_FRACTION]:.1%} "
+              f"of the full run ({report[M.REPORT_FULL_RUN_TOKENS]:,}); net of the reused winning probe: "
+              f"{report[M.REPORT_NET_TUNING_FRACTION]:.1%}.", "",
               "| round | start | T | verdict | val ppl | max loss ratio | spikes | steps | tokens | wall s | reason |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for t in report["trials"]:
+    for t in report[M.REPORT_TRIALS]:
         lines.append(f"| {t['round']} | {t['start_length']} | {t['duration_steps']} | {t['verdict']} | "
                      f"{_fmt(t['final_val_ppl'])} | {_fmt(t['max_loss_ratio'], '.3f')} | {_spikes(t)} | {t['steps']} | "
                      f"{t['tokens']:,} | {t['wall_s']:.0f} | {t['reason'] or ''} |")
-    lines += decision_markdown(report.get("decision"))
-    control = report.get("control")
+    lines += decision_markdown(report.get(M.REPORT_DECISION))
+    control = report.get(M.REPORT_CONTROL)
     if control:
         lines += ["", "## Control probe (SLW off, same window; an early view: it does not decide)",
                   f"verdict {control['verdict']}, val ppl {_fmt(control['val_ppl'])}, max loss ratio "
@@ -160,12 +160,12 @@ def report_markdown(report: dict) -> str:
                   "| start | T | tokens | val loss | control val loss at equal tokens | delta |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['start_length']} | {c['duration_steps']} | {c['tokens']:,} | {_fmt(c['val_loss'], '.3f')} | "
                   f"{_fmt(c['control_val_loss'], '.3f')} | {_fmt(c['delta_val_loss'], '+.3f')} |"
-                  for c in report.get("comparison") or []]
-    for title, items in (("Notes", report["notes"]), ("Monotonicity violations", report["violations"])):
+                  for c in report.get(M.REPORT_COMPARISON) or []]
+    for title, items in (("Notes", report[M.REPORT_NOTES]), ("Monotonicity violations", report[M.REPORT_VIOLATIONS])):
         if items:
             lines += ["", f"## {title}", *[f"- {i}" for i in items]]
-    if report.get("full_run"):
-        fr = report["full_run"]
+    if report.get(M.REPORT_FULL_RUN):
+        fr = report[M.REPORT_FULL_RUN]
         lines += ["", "## Full run" + ("" if fr.get("slw_enabled", True) else " (baseline, SLW off)"),
                   f"verdict {fr.get('verdict')}"
                   + (f" ({fr['reason']})" if fr.get("reason") else "")

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from devstack.stack import retrying, wait_for
+from devstack.waiting import retrying, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ JOB_TIMEOUT_S = 900  # the whole tiny tuning: a few minutes on 2 CPU cores
 
 def get_job(api, job_id: str) -> dict:
     r = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=api.headers(), timeout=30)
-    r.raise_for_status()  # a 5xx is waited out by wait_for (devstack.stack.transient)
+    r.raise_for_status()  # a 5xx is waited out by wait_for (devstack.waiting.transient)
     return r.json()
 
 

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from slwtune import metrics as M
+
 from service.api.deps import BackendsDep, CurrentPrincipal, SessionDep
 from service.api.handlers import BACKEND_ERRORS, ERRORS
 from service.backends import Backends
@@ -61,6 +63,11 @@ def _part(model, data):
         return None
 
 
+def _typed(value, kind: type):
+    """`value` when it is a `kind`, else None (a report from another slwtune version)."""
+    return value if isinstance(value, kind) else None
+
+
 def job_public(row: JobRow, b: Backends, detail: bool = False) -> JobPublic | JobDetail:
     settings = b.settings
     links = JobLinks(
@@ -69,18 +76,18 @@ def job_public(row: JobRow, b: Backends, detail: bool = False) -> JobPublic | Jo
                                      row.mlflow_parent_run_id),
     )
     result = row.result or {}
-    warnings = result.get("warnings")
+    warnings = result.get(M.REPORT_WARNINGS)
     fields = dict(id=row.id, name=row.name, state=row.state, phase=row.phase, progress=row.progress,
                   chosen=row.chosen, error=row.error, cancel_requested=row.cancel_requested,
                   created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at),
                   ray_submission_id=row.ray_submission_id, mlflow_parent_run_id=row.mlflow_parent_run_id, links=links,
-                  outcome=row.outcome, full_run=_part(FullRun, result.get("full_run")),
-                  control=_part(ControlProbe, result.get("control")),
-                  decision=_part(Decision, result.get("decision")),
-                  baseline_wins=result.get("baseline_wins") if isinstance(result.get("baseline_wins"), bool) else None,
-                  message=result.get("message") if isinstance(result.get("message"), str) else None,
+                  outcome=row.outcome, full_run=_part(FullRun, result.get(M.REPORT_FULL_RUN)),
+                  control=_part(ControlProbe, result.get(M.REPORT_CONTROL)),
+                  decision=_part(Decision, result.get(M.REPORT_DECISION)),
+                  baseline_wins=_typed(result.get(M.REPORT_BASELINE_WINS), bool),
+                  message=_typed(result.get(M.REPORT_MESSAGE), str),
                   warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],
-                  disk_bytes=result.get("disk_bytes") if isinstance(result.get("disk_bytes"), int) else None,
+                  disk_bytes=_typed(result.get(M.REPORT_DISK_BYTES), int),
                   restarts=row.restarts or [],
                   unavailable={} if row.terminal else b.outages.current())
     return JobDetail(spec=row.spec, **fields) if detail else JobPublic(**fields)

@@ -26,7 +26,7 @@ from slwtune.tuning.decision import decide, full_run_plan, job_outcome, start_po
 from slwtune.tuning.loop import run_search as search_loop
 from slwtune.tuning.race import Arm
 from slwtune.tuning.race_runs import run_race_round
-from slwtune.tuning.report import SLW_NOT_NEEDED, build_report, compare_with_control, write_plots, write_report
+from slwtune.tuning.report import build_report, write_plots, write_report
 from slwtune.tuning.results import ProbeResult, probe_spec
 from slwtune.tuning.searches import make_search
 from slwtune.tuning.strategies import Probe, Search
@@ -153,7 +153,7 @@ def run_full(job: Job, chosen: Probe | None, start_from: str | None) -> dict:
         job.track("tag the full run", tracking.set_tags, run_id,
                   {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
         job.track("end the full run", tracking.end_run, run_id,
-                  "FAILED" if summary["verdict"] in M.RUN_FAILED_VERDICTS else "FINISHED")
+                  tracking.training_run_status(summary["verdict"]))
     job.state["full_run"] = summary
     job.save()
     return summary
@@ -227,7 +227,7 @@ def run_race(job: Job, chosen: Probe, seed: ProbeResult, control: ProbeResult) -
                       {M.TAG_VERDICT: arm.verdict, M.TAG_DECISION: "won" if won else "lost",
                        M.TAG_REASON: decision.reason})
             job.track("end a race arm's run", tracking.end_run, arm.mlflow_run_id,
-                      "FAILED" if arm.failed else ("FINISHED" if won else "KILLED"))
+                      M.RUN_FAILED if arm.failed else (M.RUN_FINISHED if won else M.RUN_KILLED))
     return arms, decision
 
 
@@ -256,7 +256,7 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
         load_entrypoint(spec.model.entrypoint)
     ensure_ray(address, num_cpus=local_cpus_for(spec))
     job.start()
-    status = "FAILED"
+    status = M.RUN_FAILED
     try:
         search_spec, fit_note = spec.fitted_to_run()  # T that the run (and the race) can judge
         if fit_note and fit_note not in job.notes:
@@ -266,10 +266,8 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
         results, control = run_search(job, search)
         chosen = search.chosen()
         job.status(phase=M.PHASE_SELECTING, progress=f"{len(results)} probes done")
-        comparison = compare_with_control(results, control)  # the probe window's (early) view, for the report
-        baseline_wins, decision, arms = decide(spec, chosen, results, control,
-                                               lambda *probes: run_race(job, *probes))
-        comparison.update(baseline_wins=baseline_wins, message=SLW_NOT_NEEDED if baseline_wins else None)
+        comparison, decision, arms = decide(spec, chosen, results, control, lambda *probes: run_race(job, *probes))
+        baseline_wins = comparison[M.REPORT_BASELINE_WINS]
         outcome, error = job_outcome(results, chosen, None, baseline_wins)
         go, knobs, seed_probe = full_run_plan(spec, chosen, baseline_wins, control, results)
         start_from = start_point(arms, knobs, seed_probe)
@@ -294,16 +292,17 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
         job.set_tags(outcome_tags)
         write_report(report, job.out)
         if go and full_run and outcome != M.OUTCOME_PROBES_CRASHED:
-            report["full_run"] = run_full(job, knobs, start_from)
-            report["outcome"], report["error"] = job_outcome(results, chosen, report["full_run"], baseline_wins)
+            report[M.REPORT_FULL_RUN] = run_full(job, knobs, start_from)
+            report[M.REPORT_OUTCOME], report[M.REPORT_ERROR] = job_outcome(results, chosen, report[M.REPORT_FULL_RUN],
+                                                                           baseline_wins)
         finish_report(job, report, results, control)
         report_files = write_report(report, job.out)
-        job.set_tags({M.TAG_OUTCOME: report["outcome"], M.TAG_REASON: report["error"] or "-"})
+        job.set_tags({M.TAG_OUTCOME: report[M.REPORT_OUTCOME], M.TAG_REASON: report[M.REPORT_ERROR] or "-"})
         if job.logs_to_mlflow:
             for path in report_files + plots:
                 job.track("log the report", tracking.log_artifact, job.parent_run_id, str(path))
-        job.status(phase=M.PHASE_DONE, progress=report["error"] or "done")
-        status = "FINISHED" if report["outcome"] in (M.OUTCOME_DONE, M.OUTCOME_NONE_STABLE) else "FAILED"
+        job.status(phase=M.PHASE_DONE, progress=report[M.REPORT_ERROR] or "done")
+        status = M.RUN_FINISHED if report[M.REPORT_OUTCOME] in (M.OUTCOME_DONE, M.OUTCOME_NONE_STABLE) else M.RUN_FAILED
         return report
     finally:
         if job.logs_to_mlflow:
@@ -313,10 +312,11 @@ def run_job(spec: JobSpec | None, out_dir: str | Path, *, address: str | None = 
 def finish_report(job: Job, report: dict, results: list[ProbeResult], control: ProbeResult | None) -> None:
     """What the job learned around the search: restarts, warnings, metrics MLflow missed, disk use."""
     unsent = sum(r.mlflow_unsent for r in results + [control] * (control is not None))
-    unsent += (report.get("full_run") or {}).get("mlflow_unsent") or 0
+    unsent += (report.get(M.REPORT_FULL_RUN) or {}).get("mlflow_unsent") or 0
     if unsent:
         job.warn(f"{unsent} metrics never reached MLflow; they are kept in {job.spill_dir}")
-    report.update(restarts=list(job.restarts), warnings=list(job.warnings), disk_bytes=job_disk_bytes(job))
+    report.update({M.REPORT_RESTARTS: list(job.restarts), M.REPORT_WARNINGS: list(job.warnings),
+                   M.REPORT_DISK_BYTES: job_disk_bytes(job)})
 
 
 def tune_function(train_fn: Callable, spec: JobSpec | dict | str, out_dir: str | Path = "slwtune-out",

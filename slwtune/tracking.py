@@ -123,8 +123,15 @@ def best_effort(what: str, fn, *args, **kwargs):
 
 
 def run_status(verdict: str) -> str:
-    """The MLflow status that tells a run's verdict in the UI's status column."""
-    return {M.STABLE: M.RUN_FINISHED, M.FAILED: M.RUN_FAILED}.get(verdict, M.RUN_KILLED)  # unstable = pruned
+    """The MLflow status of a probe's run, the one rule: stable FINISHED, crashed FAILED, and
+    unstable (fluctuating, diverged) KILLED: the probe was pruned, as Tune stopped it."""
+    return {M.STABLE: M.RUN_FINISHED, M.FAILED: M.RUN_FAILED}.get(verdict, M.RUN_KILLED)
+
+
+def training_run_status(verdict: str) -> str:
+    """The MLflow status of a run that trains to its end (full run, `slwtune train`): FAILED when it
+    diverged or crashed; a run that fluctuated still FINISHED (its verdict tag says the rest)."""
+    return M.RUN_FAILED if verdict in M.RUN_FAILED_VERDICTS else M.RUN_FINISHED
 
 
 def end_run(uri: str, run_id: str, status: str = M.RUN_FINISHED) -> None:

@@ -119,6 +119,6 @@ def train(spec: JobSpec, *, address: str | None = None, storage: str | None = No
     summary = fit_and_summarize(make_trainer(spec, options, name, storage or default_storage()))
     if uri:
         tracking.set_tags(uri, run_id, {M.TAG_VERDICT: summary["verdict"], M.TAG_REASON: summary["reason"] or "-"})
-        tracking.end_run(uri, run_id, "FAILED" if summary["verdict"] in M.RUN_FAILED_VERDICTS else "FINISHED")
+        tracking.end_run(uri, run_id, tracking.training_run_status(summary["verdict"]))
     summary["mlflow_run_id"] = run_id
     return summary

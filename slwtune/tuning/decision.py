@@ -13,7 +13,7 @@ from slwtune import metrics as M
 from slwtune.spec import JobSpec
 from slwtune.tuning import race as R
 from slwtune.tuning.race import ARM_BASELINE, ARM_SLW
-from slwtune.tuning.report import compare_with_control
+from slwtune.tuning.report import SLW_NOT_NEEDED, compare_with_control
 from slwtune.tuning.results import ProbeResult
 from slwtune.tuning.strategies import Probe
 
@@ -40,21 +40,29 @@ def race_skipped_because(spec: JobSpec, chosen: Probe | None, seed: ProbeResult 
 
 
 def decide(spec: JobSpec, chosen: Probe | None, results: list[ProbeResult], control: ProbeResult | None,
-           race: RaceRunner) -> tuple[bool, dict, dict | None]:
-    """(baseline wins?, the report's `decision`, the race's arms or None). `race(chosen, seed, control)`
-    runs the race and returns (arms, Decision): on Ray for the driver, in-process for tune_locally."""
+           race: RaceRunner) -> tuple[dict, dict, dict | None]:
+    """(the report's `comparison`, its `decision`, the race's arms or None) after the search.
+
+    `race(chosen, seed, control)` runs the race and returns (arms, Decision): on Ray for the driver,
+    in-process for tune_locally. The comparison is the probe window's (early) view, with who won
+    (`baseline_wins`) and, when the baseline did, the message that says so.
+    """
+    comparison = compare_with_control(results, control)
     seed = winning_probe(results, chosen)
     why_not = race_skipped_because(spec, chosen, seed, control)
+    arms = None
     if why_not is None:
-        arms, decision = race(chosen, seed, control)
-        return decision.winner == ARM_BASELINE, R.decision_report(spec, arms, decision), arms
-    if not spec.tuning.race:
-        baseline = compare_with_control(results, control)["baseline_wins"]
+        arms, raced = race(chosen, seed, control)
+        baseline, decision = raced.winner == ARM_BASELINE, R.decision_report(spec, arms, raced)
     else:
-        baseline = control is not None and control.verdict == M.STABLE and chosen is None
-    report = R.decision_report(spec, None, None, note=why_not)
-    report["winner"] = ARM_BASELINE if baseline else (ARM_SLW if chosen else None)
-    return baseline, report, None
+        if not spec.tuning.race:
+            baseline = comparison[M.REPORT_BASELINE_WINS]
+        else:
+            baseline = control is not None and control.verdict == M.STABLE and chosen is None
+        decision = R.decision_report(spec, None, None, note=why_not)
+        decision["winner"] = ARM_BASELINE if baseline else (ARM_SLW if chosen else None)
+    comparison.update({M.REPORT_BASELINE_WINS: baseline, M.REPORT_MESSAGE: SLW_NOT_NEEDED if baseline else None})
+    return comparison, decision, arms
 
 
 def start_point(arms: dict | None, knobs: Probe | None, seed_probe: ProbeResult | None) -> str | None:

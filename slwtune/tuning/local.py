@@ -26,7 +26,6 @@ from slwtune.tuning import race as R
 from slwtune.tuning.decision import decide, full_run_plan, start_point
 from slwtune.tuning.loop import run_search
 from slwtune.tuning.race_runs import local_segment_runner
-from slwtune.tuning.report import SLW_NOT_NEEDED, compare_with_control
 from slwtune.tuning.results import ProbeResult, curve_row, probe_from, probe_spec
 from slwtune.tuning.searches import make_search
 from slwtune.tuning.strategies import Probe
@@ -99,7 +98,7 @@ class LocalTuning:
 
     @property
     def baseline_wins(self) -> bool:
-        return bool(self.comparison["baseline_wins"])
+        return bool(self.comparison[M.REPORT_BASELINE_WINS])
 
     def full_run_plan(self, spec: JobSpec) -> tuple[bool, Probe | None, ProbeResult | None]:
         """(run it?, knobs or None for the baseline, probe to continue from): the driver's own rule."""
@@ -173,12 +172,10 @@ def tune_locally(spec: JobSpec, *, device: str = "cpu", study_name: str = "local
                      control_length=spec.slw.full_length if spec.tuning.control_probe else None)
     out.results, out.control = run.results, run.control
     out.chosen = search.chosen()
-    out.comparison = compare_with_control(out.results, out.control)
     out.notes, out.violations = [fit_note] * bool(fit_note) + list(search.notes), list(search.violations())
-    baseline, out.decision, out.arms = decide(spec, out.chosen, out.results, out.control,
-                                              lambda *probes: race_locally(spec, out, *probes, device=device,
-                                                                           options=race_options, log=log))
-    out.comparison.update(baseline_wins=baseline, message=SLW_NOT_NEEDED if baseline else None)
+    out.comparison, out.decision, out.arms = decide(
+        spec, out.chosen, out.results, out.control,
+        lambda *probes: race_locally(spec, out, *probes, device=device, options=race_options, log=log))
     return out
 
 

@@ -100,7 +100,8 @@ def probe_trial(config: dict) -> None:
         if uri and run_id:
             tracking.best_effort("tag the crashed probe", tracking.set_tags, uri, run_id,
                                  {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: str(exc)[-500:]})
-            tracking.best_effort("end the crashed probe", tracking.end_run, uri, run_id, "FAILED")
+            tracking.best_effort("end the crashed probe", tracking.end_run, uri, run_id,
+                                 tracking.run_status(M.FAILED))
         raise
 
 

@@ -79,11 +79,13 @@ def check_quota(session: Session, principal: str, settings: Settings, new: dict 
         specs.append(new)
     if len(specs) > settings.max_jobs_per_principal:
         raise QuotaExceeded(f"{principal} would have {len(specs)} unfinished jobs; this service allows "
-                            f"{settings.max_jobs_per_principal} per principal (SLWTUNE_MAX_JOBS_PER_PRINCIPAL)")
+                            f"{settings.max_jobs_per_principal} per principal "
+                            f"({Settings.env_name('max_jobs_per_principal')})")
     gpus = sum(peak_gpus(s) for s in specs)
     if gpus > settings.max_gpus_per_principal:
         raise QuotaExceeded(f"{principal}'s unfinished jobs would ask for {gpus:g} GPUs; this service allows "
-                            f"{settings.max_gpus_per_principal:g} per principal (SLWTUNE_MAX_GPUS_PER_PRINCIPAL)")
+                            f"{settings.max_gpus_per_principal:g} per principal "
+                            f"({Settings.env_name('max_gpus_per_principal')})")
 
 
 def _find_by_key(session: Session, principal: str, key: str) -> JobRow | None:

@@ -160,6 +160,7 @@ def resolve_spec(body: JobCreate, settings: Settings) -> JobSpec:
     return spec
 
 
-def request_hash(spec: JobSpec) -> str:
-    """What an Idempotency-Key stands for: the validated spec, so equal requests hash alike."""
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
+def request_hash(spec: dict) -> str:
+    """What an Idempotency-Key stands for: the validated spec (as `JobSpec.to_dict()` gives it), so
+    equal requests hash alike."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

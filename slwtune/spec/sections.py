@@ -164,9 +164,8 @@ class StabilitySpec(_Section):
     ppl_rise_tolerance: float = Field(
         0.05, ge=0.0, le=10.0, description="a rise: val ppl above (1+tol) x best earlier"
     )
-    val_se_sigmas: float = Field(
-        2.0, ge=0.0, le=100.0, description="a rise must also exceed this x the combined standard error of the "
-                                           "two evaluations")
+    val_se_sigmas: float = Field(2.0, ge=0.0, le=100.0, description="a rise must also exceed this x the combined "
+                                                                   "standard error of the two evaluations")
     fluctuation_patience: int = Field(
         2, ge=1, le=1000, description="this many consecutive risen evaluations (or one at the run's end): "
                                       "fluctuating")

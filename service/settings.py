@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from slwtune import settings as library_settings
 
 
+ENV_PREFIX = "SLWTUNE_"
 TOKENS_FORMAT = ("principal:token[,principal:token...], each token 16+ characters, e.g. "
                  "SLWTUNE_API_TOKENS=ops:$(openssl rand -hex 32)")
 
@@ -49,7 +50,7 @@ def parse_tokens(text: str) -> dict[str, SecretStr]:
 class Settings(BaseSettings):
     """Everything the service reads from its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SLWTUNE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     api_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
         description="principal:token,... (required; tokens of 16+ characters)")
@@ -130,6 +131,12 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value):
         return value.rstrip("/") if isinstance(value, str) else value
 
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets `field` (one without an alias), for messages that tell
+        an operator which setting to change: `max_workers` -> SLWTUNE_MAX_WORKERS."""
+        return f"{ENV_PREFIX}{field.upper()}"
+
     def ray_links_base(self) -> str:
         return self.ray_dashboard_url or self.ray_address
 
@@ -148,7 +155,7 @@ def get_settings() -> Settings:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
             key = str(err["loc"][0]) if err["loc"] else ""
-            name = key if key.isupper() else f"SLWTUNE_{key.upper()}"  # aliases are spelled in full
+            name = key if key.isupper() else Settings.env_name(key)  # aliases are spelled in full
             lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
             if name == "SLWTUNE_API_TOKENS":
                 lines.append(f"    expected {TOKENS_FORMAT}")

@@ -77,39 +77,58 @@ def steps_to_full_length(pacing: PacingFn, full_length: int, limit: int = 10_000
     return lo
 
 
+PACINGS = ("fixed_linear", "fixed_root", "fixed_discrete")
+# The knobs as `SeqLengthWarmup` names its arguments; the job spec passes its own names (slw.*).
+ARGUMENT_NAMES = {"start_length": "start_length", "full_length": "full_length", "step_size": "step_size",
+                  "pacing": "pacing", "lengths": "lengths", "max_steps": "max_steps"}
+
+
+def slw_rule_problems(start_length: int, full_length: int, step_size: int, pacing: str,
+                      lengths: Sequence[int] | None = None, max_steps: Sequence[int] | None = None, *,
+                      names: dict[str, str] = ARGUMENT_NAMES, start_rules: bool = True) -> list[dict]:
+    """The rules between the SLW knobs (slw-spec section 2's edge cases), each broken one as
+    {loc, value, msg} with the knobs called by `names`; the one source of `JobSpec.problems()`'s
+    slw rules and of `SeqLengthWarmup`'s. `start_rules`: check the start length against k and e."""
+    out: list[dict] = []
+
+    def bad(knob: str, value, msg: str) -> None:
+        out.append({"loc": names[knob], "value": value, "msg": msg})
+
+    if start_rules:
+        if start_length % step_size:
+            bad("start_length", start_length,
+                f"must be a multiple of {names['step_size']}={step_size} (rounding would drop below it)")
+        if start_length > full_length:
+            bad("start_length", start_length, f"must be <= {names['full_length']}={full_length}")
+    if pacing != "fixed_discrete":
+        return out
+    if not lengths:
+        bad("lengths", lengths, f"required when {names['pacing']}=fixed_discrete")
+    elif len(max_steps or []) != len(lengths) - 1:
+        bad("max_steps", max_steps, f"needs len({names['lengths']})-1={len(lengths) - 1} entries")
+    else:
+        if any(x <= 0 or x > full_length for x in lengths):
+            bad("lengths", list(lengths), f"each must be in 1..{names['full_length']}={full_length}")
+        steps = list(max_steps or [])
+        if any(b <= a for a, b in zip(steps, steps[1:])) or any(x <= 0 for x in steps):
+            bad("max_steps", steps, "must be positive and strictly increasing")
+    return out
+
+
 def pacing_problems(start_length: int, full_length: int, duration_steps: int, step_size: int,
                     pacing: str, lengths: Sequence[int] | None = None,
                     max_steps: Sequence[int] | None = None) -> list[dict]:
-    """Every problem with these SLW knobs (slw-spec section 2's edge cases), each as
-    {loc, value, msg}; empty when they are valid. Used where the knobs arrive without a JobSpec."""
-    out: list[dict] = []
-
-    def bad(loc: str, value, msg: str) -> None:
-        out.append({"loc": loc, "value": value, "msg": msg})
-
-    for name, value in (("start_length", start_length), ("full_length", full_length),
-                        ("duration_steps", duration_steps), ("step_size", step_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            bad(name, value, "must be a positive integer")
+    """Every problem with these SLW knobs as `SeqLengthWarmup` takes them, each as {loc, value, msg};
+    empty when they are valid. Used where the knobs arrive without a JobSpec."""
+    out = [{"loc": name, "value": value, "msg": "must be a positive integer"}
+           for name, value in (("start_length", start_length), ("full_length", full_length),
+                               ("duration_steps", duration_steps), ("step_size", step_size))
+           if not isinstance(value, int) or isinstance(value, bool) or value <= 0]
     if out:
         return out
-    if pacing in ("fixed_linear", "fixed_root"):
-        if start_length % step_size:
-            bad("start_length", start_length,
-                f"must be a multiple of step_size={step_size} (rounding would drop below it)")
-        if start_length > full_length:
-            bad("start_length", start_length, f"must be <= full_length={full_length}")
-    elif pacing == "fixed_discrete":
-        if not lengths:
-            bad("lengths", lengths, "required when pacing=fixed_discrete")
-        elif len(max_steps or []) != len(lengths) - 1:
-            bad("max_steps", max_steps, f"needs len(lengths)-1={len(lengths) - 1} entries")
-        else:
-            if any(x <= 0 or x > full_length for x in lengths):
-                bad("lengths", list(lengths), f"each must be in 1..full_length={full_length}")
-            steps = list(max_steps or [])
-            if any(b <= a for a, b in zip(steps, steps[1:])) or any(x <= 0 for x in steps):
-                bad("max_steps", steps, "must be positive and strictly increasing")
-    else:
-        bad("pacing", pacing, "unknown pacing; use fixed_linear, fixed_root or fixed_discrete")
-    return out
+    if pacing not in PACINGS:
+        return [{"loc": "pacing", "value": pacing, "msg": "unknown pacing; use fixed_linear, fixed_root or "
+                                                          "fixed_discrete"}]
+    # A discrete pacing has its own lengths: the start length is not one of its knobs.
+    return slw_rule_problems(start_length, full_length, step_size, pacing, lengths, max_steps,
+                             start_rules=pacing != "fixed_discrete")

@@ -9,7 +9,7 @@ submitted again as `slwtune tune --resume <job folder>/out` under a new Ray subm
 (`<job id>-r<n>`): the driver reads job.json, does not rerun finished probes, and the probes that
 were training and the full run go on from their last checkpoints (Ray Train resumes a run of the
 same name), in their own MLflow runs. Each restart is kept in the row's
-`restarts` (when, why, the new submission id); past `SLWTUNE_MAX_DRIVER_RESTARTS` the job fails
+`restarts` (when, why, the new submission id); past `Settings.max_driver_restarts` the job fails
 with the last reason.
 
 Two passes (the background reconciler and a read, or two API processes) may find the same lost
@@ -34,6 +34,7 @@ from service.db import JobRow, utcnow
 from service.jobs.results import job_dir, out_dir
 from service.jobs.submission import driver_command
 from service.ray_jobs import RayJobInfo
+from service.settings import Settings
 
 log = logging.getLogger("slwtune.service")
 
@@ -83,9 +84,9 @@ def can_resume(row: JobRow, b: Backends) -> bool:
 
 def gave_up(reason: str, restarts: int, limit: int) -> str:
     if limit == 0:
-        return f"the job driver was lost: {reason} (restarts are off: SLWTUNE_MAX_DRIVER_RESTARTS=0)"
+        return f"the job driver was lost: {reason} (restarts are off: {Settings.env_name('max_driver_restarts')}=0)"
     return (f"the job driver was lost {restarts + 1} times, the last: {reason} (restarted {restarts} times, "
-            f"the limit of SLWTUNE_MAX_DRIVER_RESTARTS={limit})")
+            f"the limit of {Settings.env_name('max_driver_restarts')}={limit})")
 
 
 def _claim(session: Session, row: JobRow, old_id: str | None, new_id: str, restarts: list[dict]) -> bool:

@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from slwtune.files import SPEC_FILE
-from slwtune.spec import JobSpec
 
 from service.backends import BackendError, Backends, BackendUnavailable
 from service.db import TERMINAL_STATES, JobRow, utcnow
@@ -35,10 +34,11 @@ def new_job_id() -> str:
     return "slw-" + uuid.uuid4().hex[:20]
 
 
-def spec_yaml(spec: JobSpec) -> str:
-    """`spec.to_yaml()`, with libyaml's emitter when PyYAML has it (10x faster than the pure-Python one)."""
+def spec_yaml(spec: dict) -> str:
+    """`JobSpec.to_yaml()` of a validated spec's dict, with libyaml's emitter when PyYAML has it (10x faster
+    than the pure-Python one)."""
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(spec.to_dict(), Dumper=dumper, sort_keys=False)
+    return yaml.dump(spec, Dumper=dumper, sort_keys=False)
 
 
 def driver_command(job_id: str, folder: Path, tracking_uri: str, settings: Settings,
@@ -81,11 +81,13 @@ def check_quota(session: Session, principal: str, settings: Settings, new: dict 
         specs.append(new)
     if len(specs) > settings.max_jobs_per_principal:
         raise QuotaExceeded(f"{principal} would have {len(specs)} unfinished jobs; this service allows "
-                            f"{settings.max_jobs_per_principal} per principal (SLWTUNE_MAX_JOBS_PER_PRINCIPAL)")
+                            f"{settings.max_jobs_per_principal} per principal "
+                            f"({Settings.env_name('max_jobs_per_principal')})")
     gpus = sum(peak_gpus(s) for s in specs)
     if gpus > settings.max_gpus_per_principal:
         raise QuotaExceeded(f"{principal}'s unfinished jobs would ask for {gpus:g} GPUs; this service allows "
-                            f"{settings.max_gpus_per_principal:g} per principal (SLWTUNE_MAX_GPUS_PER_PRINCIPAL)")
+                            f"{settings.max_gpus_per_principal:g} per principal "
+                            f"({Settings.env_name('max_gpus_per_principal')})")
 
 
 def _find_by_key(session: Session, principal: str, key: str) -> JobRow | None:
@@ -121,11 +123,13 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     A failure at any step leaves the registry (and the jobs folder) as it was.
     """
     settings = b.settings
-    spec = resolve_spec(body, settings)
+    # Validated once, into a JobSpec; from here on its dict, made once: the hash, the quota, the driver's
+    # YAML and the registry row all read it.
+    spec = resolve_spec(body, settings).to_dict()
     digest = request_hash(spec)
     if idempotency_key and (existing := _find_by_key(session, principal, idempotency_key)):
         return _replay(existing, digest), True
-    check_quota(session, principal, settings, spec.to_dict())  # early, before waiting on the backends
+    check_quota(session, principal, settings, spec)  # early, before waiting on the backends
 
     uri = settings.mlflow_tracking_uri
     # A backend that answered within the last moments is taken as up; if it went down since,
@@ -140,7 +144,7 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     folder.mkdir(parents=True)
     (folder / SPEC_FILE).write_text(spec_yaml(spec))
     now = utcnow()
-    row = JobRow(id=job_id, principal=principal, name=spec.name, spec=spec.to_dict(), state=QUEUED,
+    row = JobRow(id=job_id, principal=principal, name=spec["name"], spec=spec, state=QUEUED,
                  idempotency_key=idempotency_key, request_hash=digest, mlflow_tracking_uri=uri,
                  created_at=now, updated_at=now)
     session.add(row)
@@ -172,7 +176,7 @@ def submit(session: Session, b: Backends, principal: str, body: JobCreate,
     row.updated_at = utcnow()
     session.commit()
     b.clock.mark(job_id)  # just submitted: Ray has nothing newer to say
-    log.info("job %s submitted by %s (%s)", job_id, principal, spec.name)
+    log.info("job %s submitted by %s (%s)", job_id, principal, spec["name"])
     return row, False
 
 

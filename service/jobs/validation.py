@@ -46,24 +46,28 @@ def _trials_field(spec: JobSpec) -> tuple[str, object]:
         t.strategy, ("tuning.max_rounds", t.max_rounds))
 
 
+# Per-job limits: the field, its value in a spec, and the setting that bounds it.
+JOB_LIMITS = (
+    ("budget.train_tokens", lambda spec: spec.budget.train_tokens, "max_train_tokens"),
+    ("resources.num_workers", lambda spec: spec.resources.num_workers, "max_workers"),
+    ("resources.cpus_per_worker", lambda spec: spec.resources.cpus_per_worker, "max_cpus_per_worker"),
+    ("resources.gpus_per_worker", lambda spec: spec.resources.gpus_per_worker if spec.resources.use_gpu else 0.0,
+     "max_gpus_per_worker"),
+)
+
+
 def job_limit_problems(spec: JobSpec, settings: Settings) -> list[dict]:
     """Per-job limits of this service, each naming the field, its value, the limit and its setting."""
     out = []
-    r = spec.resources
-    for loc, value, limit, env in [
-        ("budget.train_tokens", spec.budget.train_tokens, settings.max_train_tokens, "SLWTUNE_MAX_TRAIN_TOKENS"),
-        ("resources.num_workers", r.num_workers, settings.max_workers, "SLWTUNE_MAX_WORKERS"),
-        ("resources.cpus_per_worker", r.cpus_per_worker, settings.max_cpus_per_worker, "SLWTUNE_MAX_CPUS_PER_WORKER"),
-        ("resources.gpus_per_worker", r.gpus_per_worker if r.use_gpu else 0.0, settings.max_gpus_per_worker,
-         "SLWTUNE_MAX_GPUS_PER_WORKER"),
-    ]:
+    for loc, value_of, setting in JOB_LIMITS:
+        value, limit = value_of(spec), getattr(settings, setting)
         if value > limit:
-            out.append(problem(loc, value, f"exceeds this service's limit of {limit} ({env})"))
+            out.append(problem(loc, value, f"exceeds this service's limit of {limit} ({Settings.env_name(setting)})"))
     trials = planned_trials(spec)
     if trials > settings.max_trials:
         loc, value = _trials_field(spec)
         out.append(problem(loc, value, f"plans up to {trials} trials; this service allows {settings.max_trials} "
-                                       "(SLWTUNE_MAX_TRIALS)"))
+                                       f"({Settings.env_name('max_trials')})"))
     return out
 
 
@@ -72,7 +76,7 @@ def entrypoint_problems(spec: JobSpec, settings: Settings) -> list[dict]:
     entrypoint = spec.model.entrypoint
     if entrypoint and entrypoint not in settings.allowed_entrypoints:
         return [problem("model.entrypoint", entrypoint, "is not allowed by this service (its operator lists the "
-                                                        "allowed ones in SLWTUNE_ALLOWED_ENTRYPOINTS)")]
+                                                        f"allowed ones in {Settings.env_name('allowed_entrypoints')})")]
     return []
 
 
@@ -155,6 +159,7 @@ def resolve_spec(body: JobCreate, settings: Settings) -> JobSpec:
     return spec
 
 
-def request_hash(spec: JobSpec) -> str:
-    """What an Idempotency-Key stands for: the validated spec, so equal requests hash alike."""
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
+def request_hash(spec: dict) -> str:
+    """What an Idempotency-Key stands for: the validated spec (as `JobSpec.to_dict()` gives it), so
+    equal requests hash alike."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -57,3 +57,15 @@ def test_a_bad_token_list_stops_the_api_with_the_expected_format(tmp_path, value
     assert "SLWTUNE_API_TOKENS" in out.stderr.splitlines()[1]
     if len(value) >= 16:
         assert value not in out.stderr  # never the token itself
+
+
+def test_env_name_is_the_variable_the_settings_read(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("SLWTUNE_API_TOKENS", "ci:0123456789abcdef0123")
+    limits = [f for f in Settings.model_fields if f.startswith("max_")] + ["allowed_entrypoints"]
+    for field in limits:
+        monkeypatch.setenv(Settings.env_name(field), "mypkg.loop:train" if field == "allowed_entrypoints" else "3")
+    s = Settings()
+    assert s.allowed_entrypoints == ["mypkg.loop:train"]
+    assert all(getattr(s, f) == 3 for f in limits if f != "allowed_entrypoints")
+    assert Settings.env_name("max_workers") == "SLWTUNE_MAX_WORKERS"

@@ -208,3 +208,25 @@ def test_an_empty_idempotency_key_is_refused(api):
         r = api.call("POST", "/v1/jobs", json=TINY, headers={"Idempotency-Key": ""})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
     assert api.rows() == 0
+
+
+def test_a_submit_validates_the_spec_once_and_makes_its_dict_once(api, monkeypatch):
+    """The body is validated into a JobSpec once; the hash, quota, YAML and row share one dict of it."""
+    from slwtune.spec import JobSpec
+
+    calls = {"validate": 0, "to_dict": 0}
+    validate, to_dict = JobSpec.model_validate.__func__, JobSpec.to_dict
+
+    def counted_validate(cls, *a, **k):
+        calls["validate"] += 1
+        return validate(cls, *a, **k)
+
+    def counted_to_dict(self):
+        calls["to_dict"] += 1
+        return to_dict(self)
+
+    monkeypatch.setattr(JobSpec, "model_validate", classmethod(counted_validate))
+    monkeypatch.setattr(JobSpec, "to_dict", counted_to_dict)
+    job = api.submit()
+    assert calls == {"validate": 1, "to_dict": 1}
+    assert "name: " + job["spec"]["name"] in (api.settings.jobs_dir / job["id"] / "spec.yaml").read_text()

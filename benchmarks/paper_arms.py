@@ -85,6 +85,11 @@ def full_run_spec(spec: JobSpec) -> JobSpec:
     return lifted(spec, *FULL_RUN_LIFTED)
 
 
+def knobs_label(start: int, duration: int) -> str:
+    """How the table and the logs name an SLW setting."""
+    return f"s={start} T={duration}"
+
+
 def at_lr(spec: JobSpec, lr: float, seed: int) -> JobSpec:
     """`spec` at this LR and seed, its LR floor no higher than the LR."""
     return respec(spec, {"optim.lr": lr, "seed": seed, "optim.min_lr": min(spec.optim.min_lr, lr)})

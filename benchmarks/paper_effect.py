@@ -50,7 +50,8 @@ from pathlib import Path
 
 from common import add_set_option, spawn_pool
 from paper_analysis import Curve, Run, run_record, summarize
-from paper_arms import BASELINE, DEFAULTS, TUNED, at_lr, build_spec, full_run_spec, scale_of, slw_spec
+from paper_arms import (BASELINE, DEFAULTS, TUNED, at_lr, build_spec, full_run_spec, knobs_label, scale_of,
+                        slw_spec)
 from paper_report import fmt, plot_curves, sources_markdown, table_markdown
 from paper_tracking import Tracker
 from slwtune import metrics as M
@@ -106,8 +107,8 @@ def _tuned_full_run(spec: JobSpec, tuning: LocalTuning, lr: float, seed: int, de
     elif knobs is None:
         label = "baseline (control won)"
     else:
-        label = f"s={knobs.start_length} T={knobs.duration_steps}"
-    verdicts = ", ".join(f"{'control' if not r.slw else f's={r.start_length} T={r.duration_steps}'} {r.verdict}"
+        label = knobs_label(knobs.start_length, knobs.duration_steps)
+    verdicts = ", ".join(f"{knobs_label(r.start_length, r.duration_steps) if r.slw else 'control'} {r.verdict}"
                          for r in tuning.probes)
     decision = tuning.decision or {}
     race = (f"; race: {decision.get('winner')} ({decision.get('rule')}, {decision.get('race_tokens', 0):,} tokens)"
@@ -153,7 +154,7 @@ def run_seed(spec: JobSpec, lr: float, i: int, device: str, tracker, log) -> lis
     for arm, default in DEFAULTS.items():
         start, duration = default.knobs(base)
         arms.append((arm, lambda arm=arm, s=start, t=duration: run_plain(
-            arm, slw_spec(base, s, t), lr, seed, f"s={s} T={t}", device, tracker)))
+            arm, slw_spec(base, s, t), lr, seed, knobs_label(s, t), device, tracker)))
     runs = []
     for arm, go in arms:
         log(f"lr {lr:g} seed {seed}: {arm} ...")

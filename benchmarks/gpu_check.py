@@ -32,16 +32,16 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import slwtune.train_loop as loop_module
-from slwtune.data import DatasetMeta, WindowSampler, open_tokens, token_dtype
+from bare_loop import bare_loop
+from slwtune.data import DatasetMeta, token_dtype
 from slwtune.files import SPLIT_FILES
-from slwtune.model import GPT, config_from_spec, configure_optimizer, flops_per_token, peak_flops
+from slwtune.model import config_from_spec, flops_per_token, peak_flops
 from slwtune.sessions import LocalSession
 from slwtune.spec import JobSpec, parse_spec
 from slwtune.train_loop import RunOptions, train_loop
@@ -153,34 +153,6 @@ def run_loop(spec: JobSpec, steps: int, device: str) -> StepClock:
     with StepClock() as clock:
         train_loop(spec, RunOptions(max_steps=steps), LocalSession(device=device))
     return clock
-
-
-def bare_loop(spec: JobSpec, vocab: int, steps: int, device: torch.device, compile_: bool,
-              length: int | None = None) -> list[float]:
-    """A plain PyTorch loop on the same model, data and optimizer; returns per-step seconds."""
-    torch.manual_seed(spec.seed)
-    full, length = spec.slw.full_length, length or spec.slw.full_length
-    sampler = WindowSampler(open_tokens(spec.data.path, "train"), full + 1, spec.data.batch_size, seed=spec.seed)
-    model = GPT(config_from_spec(spec, vocab)).to(device)
-    opt = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps, spec.optim.weight_decay,
-                              fused=device.type == "cuda" or None)
-    forward = torch.compile(model) if compile_ else model
-    micro, accum = spec.micro_batch_size(), spec.grad_accum_steps()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    times = [time.perf_counter()]
-    for step in range(1, steps + 1):
-        windows = sampler.batch(step)[:, : length + 1].to(device)
-        for i in range(accum):
-            part = windows[i * micro:(i + 1) * micro]
-            with autocast:
-                _, loss = forward(part[:, :-1], part[:, 1:])
-            (loss / accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()  # the one sync a loop that logs its loss has
-        times.append(time.perf_counter())
-    return [b - a for a, b in zip(times, times[1:])]
 
 
 def tokens_per_s(step_seconds: list[float], tokens_per_step: int) -> float:

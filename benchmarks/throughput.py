@@ -1,7 +1,8 @@
 """Throughput of slwtune's training loop against a bare PyTorch loop, measured side by side.
 
 (a) slwtune's `train_loop` in-process (no Ray), SLW off so both train at full length;
-(b) a plain PyTorch loop written here: same model, batch, data windows, AdamW, clipping, threads.
+(b) a plain PyTorch loop (bare_loop.py, gpu_check's too): same model, batch, data windows, AdamW,
+    clipping, threads.
 Runs are interleaved A B A B ... so machine noise hits both alike; the ratio is of medians.
 Then the step time of the bare loop at lengths e/8, e/4, e/2 relative to e.
 
@@ -14,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
+from bare_loop import bare_loop
 from slwtune import metrics as M
-from slwtune.data import DatasetMeta, WindowSampler, open_tokens, resolve_dataset
-from slwtune.model import build_model, configure_optimizer
+from slwtune.data import DatasetMeta, resolve_dataset
 from slwtune.spec import parse_spec
 from slwtune.sessions import LocalSession
 from slwtune.train_loop import RunOptions, train_loop
@@ -48,26 +48,12 @@ def run_slwtune(spec, steps: int) -> float:
 
 
 def run_bare(spec, steps: int, length: int | None = None) -> tuple[float, float]:
-    """A plain PyTorch loop: returns (tokens/s, seconds per step) at `length` (default: full)."""
-    torch.manual_seed(spec.seed)
+    """The plain PyTorch loop (bare_loop.py): returns (tokens/s, seconds per step) at `length` (default: full)."""
     data_dir = resolve_dataset(spec.data.path, spec.data.tokenizer, spec.data.vocab_size)
-    meta = DatasetMeta.load(data_dir)
-    full = spec.slw.full_length
-    length = length or full
-    sampler = WindowSampler(open_tokens(data_dir, "train"), full + 1, spec.data.batch_size, seed=spec.seed, rank=0)
-    model = build_model(spec, meta.vocab_size)
-    opt = configure_optimizer(model, spec.optim.lr, spec.optim.betas, spec.optim.eps, spec.optim.weight_decay)
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        w = sampler.batch(step)[:, : length + 1]
-        _, loss = model(w[:, :-1], w[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()  # the bare loop syncs on the loss too, as any loop that logs it
-    elapsed = time.perf_counter() - start
-    return steps * spec.data.batch_size * length / elapsed, elapsed / steps
+    seconds = bare_loop(spec, DatasetMeta.load(data_dir).vocab_size, steps, torch.device("cpu"), length=length,
+                        data_dir=data_dir)
+    elapsed = sum(seconds)
+    return steps * spec.data.batch_size * (length or spec.slw.full_length) / elapsed, elapsed / steps
 
 
 def main() -> None:

@@ -31,30 +31,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common import add_set_option, lifted, respec, spawn_pool
 from slwtune import metrics as M
 from slwtune.checkpoint import CHECKPOINT_FILE
 from slwtune.sessions import LocalSession
 from slwtune.spec import JobSpec, load_spec
 from slwtune.train_loop import RunOptions, train_loop
 from slwtune.tuning.local import StepRecorder, run_probe
+from slwtune.tuning.results import probe_spec
 from slwtune.tuning.strategies import Probe
 
 PRESET = "shakespeare-demo"
 TAIL = 10             # steps whose mean loss is a run's end
 BLOWUP_RATIO = 1.5    # an end above this x the lowest 10-step mean is a blow-up the run never left
+# the ground truth trains on whatever its loss does: these stability rules at their loosest
+TRUTH_LIFTED = ("loss_ratio_max", "spike_patience", "spike_recovery_steps", "loss_ceiling_margin")
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,12 @@ CONFIGS = (
 
 def base_spec(data: str, run_steps: int, overrides: list[str]) -> JobSpec:
     """The demo preset on `data`, its token budget = `run_steps` full-length steps."""
-    raw = load_spec(PRESET, [f"data.path={data}", *overrides]).to_dict()
-    raw["budget"]["train_tokens"] = run_steps * raw["data"]["batch_size"] * raw["slw"]["full_length"]
-    return JobSpec.model_validate(raw)
+    spec = load_spec(PRESET, [f"data.path={data}", *overrides])
+    return respec(spec, {"budget.train_tokens": run_steps * spec.data.batch_size * spec.slw.full_length})
 
 
 def config_spec(spec: JobSpec, config: Config, seed: int) -> tuple[JobSpec, Probe]:
-    raw = spec.to_dict()
-    raw["seed"] = seed
-    raw["optim"]["lr"] = config.lr
-    raw["optim"]["min_lr"] = min(raw["optim"]["min_lr"], config.lr / 10)
-    out = JobSpec.model_validate(raw)
+    out = respec(spec, {"seed": seed, "optim.lr": config.lr, "optim.min_lr": min(spec.optim.min_lr, config.lr / 10)})
     if config.start_length is None:
         return out, Probe.control(out.slw.full_length)
     return out, Probe(config.start_length, config.duration_steps)
@@ -98,10 +96,7 @@ def config_spec(spec: JobSpec, config: Config, seed: int) -> tuple[JobSpec, Prob
 
 def truth_spec(spec: JobSpec) -> JobSpec:
     """Train on whatever the loss does: spike and ceiling rules lifted; a non-finite loss still ends it."""
-    raw = spec.to_dict()
-    raw["tuning"]["stability"].update(loss_ratio_max=100.0, spike_patience=100_000, spike_recovery_steps=10_000_000,
-                                      loss_ceiling_margin=1000.0)
-    return JobSpec.model_validate(raw)
+    return lifted(spec, *TRUTH_LIFTED)
 
 
 def fresh_monitor_copy(checkpoint: str, into: str) -> str:
@@ -136,7 +131,7 @@ def run_one(spec: JobSpec, config: Config, seed: int, device: str) -> dict:
                            reports=reports)
         losses = [r[M.TRAIN_LOSS] for r in recorder.rows]
         final_val = result.final_val_ppl
-        tspec = truth_spec(probe_spec_of(cspec, probe))
+        tspec = truth_spec(probe_spec(cspec, probe))
         if result.checkpoint and result.tokens < tspec.budget.train_tokens and losses and math.isfinite(losses[-1]):
             rest: list[float] = []
             session = LocalSession(device=device)
@@ -161,10 +156,6 @@ def run_one_timed(job: tuple) -> dict:
     cpu0 = time.process_time()
     row = run_one(*job)
     return {**row, "cpu_s": round(time.process_time() - cpu0, 1)}
-
-
-def probe_spec_of(spec: JobSpec, probe: Probe) -> JobSpec:
-    return spec.without_slw() if not probe.slw else spec.with_slw(probe.start_length, probe.duration_steps)
 
 
 def replay(rows: list[dict], stability: dict, window: int, vocab: int) -> list[dict]:
@@ -217,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--run-steps", type=int, default=80, help="the run's length in full-length steps")
     ap.add_argument("--configs", nargs="*", default=None, help=f"subset of {[c.name for c in CONFIGS]}")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override")
+    add_set_option(ap)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2, help="runs in parallel (processes; one torch thread each)")
     ap.add_argument("--out", default=None, help="also write the rows and the summary here (JSON)")
@@ -244,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(spec, config, spec.seed + i, args.device) for i in range(args.seeds) for config in configs]
     rows = []
     # each run trains on one torch thread (resources.cpus_per_worker = 1): one process per core
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with spawn_pool(args.workers) as pool:
         for future in as_completed([pool.submit(run_one_timed, job) for job in jobs]):
             row = future.result()
             rows.append(row)

@@ -1,6 +1,5 @@
 """benchmarks/paper_effect.py: the pure analysis, the shipped defaults, and `--quick` end to end."""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,17 +13,10 @@ from slwtune.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "paper_effect.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # as the script sees its parts: beside it
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("paper_effect", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_effect"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-pe = _load()
+import paper_analysis  # noqa: E402
+import paper_arms  # noqa: E402
 
 
 def job(**over):
@@ -40,25 +32,26 @@ def job(**over):
 
 
 def test_composer_default_is_30_percent_of_the_baseline_steps():
-    assert pe.baseline_steps(job()) == 200
-    assert pe.composer_knobs(job()) == (8, 60)
-    assert pe.composer_knobs(job(budget__train_tokens=16 * 128 * 333 + 1)) == (8, 100)  # 334 steps
+    assert paper_arms.baseline_steps(job()) == 200
+    assert paper_arms.composer_knobs(job()) == (8, 60)
+    assert paper_arms.composer_knobs(job(budget__train_tokens=16 * 128 * 333 + 1)) == (8, 100)  # 334 steps
 
 
 def test_deepspeed_default_is_five_lr_warmups():
-    assert pe.deepspeed_knobs(job()) == (8, 100)
-    assert pe.deepspeed_knobs(job(optim__lr_warmup_steps=0)) == (8, 5)
+    assert paper_arms.deepspeed_knobs(job()) == (8, 100)
+    assert paper_arms.deepspeed_knobs(job(optim__lr_warmup_steps=0)) == (8, 5)
 
 
 def test_slw_spec_uses_step_8_fixed_linear_truncation():
-    s = pe.slw_spec(job(slw__step_size=16, slw__start_length=16, slw__pacing="fixed_root"), 8, 60)
+    s = paper_arms.slw_spec(job(slw__step_size=16, slw__start_length=16, slw__pacing="fixed_root"), 8, 60)
     assert (s.slw.enabled, s.slw.start_length, s.slw.duration_steps, s.slw.step_size) == (True, 8, 60, 8)
     assert (s.slw.pacing, s.slw.mode) == ("fixed_linear", "truncate")
 
 
 def test_full_runs_do_not_stop_on_a_loss_spike():
-    s = pe.full_run_spec(job())
-    assert s.tuning.stability.loss_ratio_max == pe.NO_RATIO_STOP
+    s = paper_arms.full_run_spec(job())
+    assert s.tuning.stability.loss_ratio_max == paper_arms.NO_RATIO_STOP
+    assert s.tuning.stability.loss_ceiling_margin == 1000.0  # its largest value: off in effect
     assert job().tuning.stability.loss_ratio_max == 1.5  # the probes keep the spec's threshold
 
 
@@ -67,24 +60,25 @@ def test_full_runs_do_not_stop_on_a_loss_spike():
 
 def test_first_reach_interpolates_between_evaluations():
     curve = [(100, 4.0), (200, 3.0), (300, 2.0)]
-    assert pe.first_reach(curve, 2.5) == pytest.approx(250)
-    assert pe.first_reach(curve, 4.5) == 100
-    assert pe.first_reach(curve, 1.9) is None
+    assert paper_analysis.first_reach(curve, 2.5) == pytest.approx(250)
+    assert paper_analysis.first_reach(curve, 4.5) == 100
+    assert paper_analysis.first_reach(curve, 1.9) is None
     # the first time it gets there, even when it rises again later
-    assert pe.first_reach([(1, 5.0), (2, 3.0), (3, 4.0), (4, 2.0)], 3.5) == pytest.approx(1.75)
+    assert paper_analysis.first_reach([(1, 5.0), (2, 3.0), (3, 4.0), (4, 2.0)], 3.5) == pytest.approx(1.75)
 
 
 def test_mean_curve_averages_on_the_common_range():
     a, b = [(0, 4.0), (10, 2.0)], [(5, 3.0), (20, 1.0)]
-    assert pe.mean_curve([a, b]) == [(5, pytest.approx((3.0 + 3.0) / 2)), (10, pytest.approx((2.0 + 3.0 - 2 / 3) / 2))]
-    assert pe.mean_curve([]) == []
+    assert paper_analysis.mean_curve([a, b]) == [(5, pytest.approx((3.0 + 3.0) / 2)),
+                                                 (10, pytest.approx((2.0 + 3.0 - 2 / 3) / 2))]
+    assert paper_analysis.mean_curve([]) == []
 
 
 def fake_run(arm, lr, seed, evals, final=None, tuning_tokens=0, ratios=(1.0,)):
-    curve = pe.Curve(evals=[(t, t / 1000, t / 2000, v) for t, v in evals],
-                     steps=[{"train/loss_ratio": r, "optim/adam_var_max": lr * i} for i, r in enumerate(ratios)])
-    return pe.Run(arm, lr, seed, "k", curve, final if final is not None else evals[-1][1], "stable",
-                  int(evals[-1][0]), 1.0, 1.0, tuning_tokens=tuning_tokens)
+    steps = [{"train/loss_ratio": r, "optim/adam_var_max": lr * i} for i, r in enumerate(ratios)]
+    curve = paper_analysis.Curve(evals=[(t, t / 1000, t / 2000, v) for t, v in evals], steps=steps)
+    return paper_analysis.Run(arm, lr, seed, "k", curve, final if final is not None else evals[-1][1], "stable",
+                              int(evals[-1][0]), 1.0, 1.0, tuning_tokens=tuning_tokens)
 
 
 def synthetic_runs():
@@ -102,7 +96,7 @@ def synthetic_runs():
 
 
 def test_summary_targets_the_best_baseline_and_reports_speedups():
-    summary = pe.summarize(synthetic_runs())
+    summary = paper_analysis.summarize(synthetic_runs())
     assert summary["best_baseline_lr"] == 0.01 and summary["target_val_loss"] == pytest.approx(3.0)
     rows = {(r["lr"], r["arm"]): r for r in summary["rows"]}
     assert rows[(0.01, "baseline")]["tokens_to_target"] == pytest.approx(1000)
@@ -123,7 +117,7 @@ def test_summary_targets_the_best_baseline_and_reports_speedups():
 def test_no_speedup_when_no_slw_arm_reaches_the_target():
     runs = [r for r in synthetic_runs() if r.arm == "baseline"]
     runs += [fake_run("tuned", 0.1, s, [(500, 3.2), (1000, 3.1)]) for s in (0, 1)]
-    h = pe.summarize(runs)["headline"]
+    h = paper_analysis.summarize(runs)["headline"]
     assert h["tokens_to_target_speedup"] is None and h["time_to_target_speedup"] is None
     assert h["tuned_vs_default_val_loss"] is None  # no default arm ran
 
@@ -151,8 +145,8 @@ def check_outputs(proc, out: Path, lrs: list[float], seeds: int):
         assert all(v is None or v >= 0 for v in headline[key].values())
     assert headline["spikes_baseline"]["gt_1.5"] <= headline["spikes_baseline"]["gt_1.2"]
     results = json.loads((out / "results.json").read_text())
-    assert {(r["lr"], r["arm"]) for r in results["rows"]} == {(lr, a) for lr in lrs for a in pe.ARMS}
-    assert len(results["runs"]) == len(lrs) * len(pe.ARMS) * seeds
+    assert {(r["lr"], r["arm"]) for r in results["rows"]} == {(lr, a) for lr in lrs for a in paper_arms.ARMS}
+    assert len(results["runs"]) == len(lrs) * len(paper_arms.ARMS) * seeds
     assert results["headline"] == headline
     # the target is a baseline's final val loss, and that baseline reaches it
     best = [r for r in results["rows"] if r["arm"] == "baseline" and r["lr"] == results["best_baseline_lr"]][0]
@@ -167,7 +161,7 @@ def check_outputs(proc, out: Path, lrs: list[float], seeds: int):
         elif evals:
             assert run["tuning_tokens"] == 0 and evals[-1][0] == run["tokens"]
     table = (out / "table.md").read_text()
-    assert all(f"| {arm} |" in table for arm in pe.ARMS)
+    assert all(f"| {arm} |" in table for arm in paper_arms.ARMS)
     assert "curriculum-learning.md" in table and "seq_length_warmup" in table  # the defaults are cited
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return results
@@ -175,13 +169,13 @@ def check_outputs(proc, out: Path, lrs: list[float], seeds: int):
 
 def test_quick_runs_every_arm_and_ends_with_json(tmp_path):
     proc = run_script(tmp_path, "--quick")
-    scale = pe.SCALES["quick"]
+    scale = paper_arms.SCALES["quick"]
     check_outputs(proc, tmp_path, list(scale.lrs), scale.seeds)
 
 
 def test_gpu_scale_dry_run_on_cpu(tmp_path):
     proc = run_script(tmp_path, "--gpu", "--dry-run", "--seeds", "1")
-    results = check_outputs(proc, tmp_path, list(pe.SCALES["gpu"].lrs), 1)
+    results = check_outputs(proc, tmp_path, list(paper_arms.SCALES["gpu"].lrs), 1)
     assert results["device"] == "cpu" and results["dry_run"]
     assert results["spec"]["model"]["preset"] == "gpt2-117m"
     assert results["spec"]["data"]["batch_size"] // results["spec"]["data"]["micro_batch_size"] > 1  # accumulation
@@ -201,7 +195,7 @@ def test_everything_under_one_mlflow_parent_run(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1
     arms = {r.data.tags.get("arm") for r in children}
-    assert arms == set(pe.ARMS)
+    assert arms == set(paper_arms.ARMS)
     assert any(r.data.tags.get("slwtune.kind") == "control" for r in children)
     assert all(r.data.metrics.get("val/loss") is not None for r in children if r.data.tags.get("slwtune.kind") == "train")
     assert {"target_val_loss", "spikes_baseline_gt_1.2", "spikes_slw_gt_1.5"} <= set(parent.data.metrics)

@@ -1,6 +1,5 @@
 """benchmarks/verdicts.py: the ground truth of a run, the summary, and the offline replay."""
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -8,17 +7,9 @@ from pathlib import Path
 from slwtune import metrics as M
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # as the script sees its parts: beside it
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("verdicts_bench", ROOT / "benchmarks" / "verdicts.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["verdicts_bench"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-vb = _load()
+import verdicts as vb  # noqa: E402
 
 
 def falling(n=60, start=7.6, end=5.0):
@@ -71,3 +62,12 @@ def test_replay_judges_the_recorded_curves_with_other_thresholds():
     assert vb.replay(recorded, {}, 60, 2048)[0]["verdict"] == M.STABLE
     strict = vb.replay(recorded, {"spike_patience": 3}, 60, 2048)[0]
     assert strict["verdict"] == M.DIVERGED and "persisted 3 steps" in strict["reason"]
+
+
+def test_the_ground_truth_trains_on_with_the_stop_rules_at_their_loosest():
+    spec = vb.base_spec("builtin:shakespeare", 80, [])
+    assert spec.budget.train_tokens == 80 * spec.data.batch_size * spec.slw.full_length
+    s = vb.truth_spec(spec).tuning.stability
+    assert (s.loss_ratio_max, s.spike_patience, s.spike_recovery_steps, s.loss_ceiling_margin) == (
+        100.0, 100_000, 10_000_000, 1000.0)
+    assert s.spike_sigmas == spec.tuning.stability.spike_sigmas  # the rest as the spec has it

@@ -11,6 +11,7 @@ from slwtune import metrics as M
 from slwtune.files import REPORT_FILE, REPORT_MARKDOWN
 from slwtune.pacing import make_pacing
 from slwtune.schedule import steps_for_tokens
+from slwtune.tuning.results import probe_spec
 
 ADVICE_NONE_STABLE = [
     "lower optim.lr (instability grows with the learning rate)",
@@ -247,7 +248,7 @@ def write_plots(probes: list, spec, chosen, out_dir: Path, decision: dict | None
         paths.append(write_race_plot(decision, out_dir))
 
     if chosen is not None:
-        tuned = spec.with_slw(chosen.start_length, chosen.duration_steps)
+        tuned = probe_spec(spec, chosen)
         pacing = make_pacing(tuned.slw)
         n = min(steps_for_tokens(pacing, tuned.budget.train_tokens, tuned.data.batch_size, tuned.slw.full_length),
                 max(3 * tuned.slw.duration_steps, 10))

@@ -104,3 +104,38 @@ def test_the_library_points_down_only():
     upward = {m: sorted(t for t in targets if t.split(".")[0] in ("service", "devstack"))
               for m, targets in graph.items() if m.split(".")[0] == "slwtune"}
     assert {m: t for m, t in upward.items() if t} == {}
+
+
+# The pure core (docs/architecture.md, layers 0-1): the search, its results, the decision, the plan
+# and the names the service shares load no framework, so the service, `plan` and the tests of the
+# method run without torch, Ray, MLflow or Optuna.
+PURE_CORE = ("slwtune.files", "slwtune.metrics", "slwtune.spec", "slwtune.pacing", "slwtune.schedule",
+             "slwtune.tuning.strategies", "slwtune.tuning.results", "slwtune.tuning.loop", "slwtune.tuning.race",
+             "slwtune.tuning.decision", "slwtune.tuning.report", "slwtune.tuning.searches", "slwtune.simulation",
+             "slwtune.plan", "slwtune.job", "slwtune.tracking", "service.states")
+FRAMEWORKS = ("torch", "ray", "mlflow", "optuna", "numpy")
+
+
+def test_the_pure_core_loads_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\n"
+            f"importlib.import_module(sys.argv[1])\n"
+            f"print(' '.join(m for m in {FRAMEWORKS!r} if m in sys.modules))")
+    loaded = {}
+    for module in PURE_CORE:
+        out = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, cwd=ROOT,
+                             check=True).stdout.split()
+        if out:
+            loaded[module] = out
+    assert loaded == {}
+
+
+def test_the_pure_core_check_sees_a_framework():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, slwtune.sessions; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "True"  # the probe above would notice a module that loads torch

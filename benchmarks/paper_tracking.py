@@ -69,7 +69,7 @@ class Tracker:
         from slwtune import tracking
 
         if failed:
-            tracking.end_run(self.uri, self.parent, "FAILED")
+            tracking.end_run(self.uri, self.parent, M.RUN_FAILED)
             return
         for f in sorted(out_dir.iterdir()):
             tracking.log_artifact(self.uri, self.parent, str(f))
@@ -81,7 +81,7 @@ class Tracker:
         logger = tracking.RunLogger(self.uri, self.parent)
         logger.log(metrics, 0)
         logger.flush()
-        tracking.end_run(self.uri, self.parent, "FAILED" if failed else "FINISHED")
+        tracking.end_run(self.uri, self.parent, M.RUN_FAILED if failed else M.RUN_FINISHED)
 
 
 class _Child:
@@ -103,4 +103,4 @@ class _Child:
         if self.run_id:
             from slwtune import tracking
 
-            tracking.end_run(self.tracker.uri, self.run_id, "FAILED" if exc_type else "FINISHED")
+            tracking.end_run(self.tracker.uri, self.run_id, M.RUN_FAILED if exc_type else M.RUN_FINISHED)

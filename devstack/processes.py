@@ -45,11 +45,16 @@ def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def end_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+def end_process(proc: subprocess.Popen | None, timeout: float = 15, group: bool = True) -> None:
+    """SIGTERM to `proc`'s process group (or, with `group=False`, to `proc` alone, which then ends
+    what it started), SIGKILL to the group after `timeout` s."""
     if proc is None or proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
         proc.wait(timeout)
     except ProcessLookupError:
         return

@@ -1,8 +1,11 @@
 """The local dev stack (devstack/) sits beside the library: the library never imports it or the service."""
 
 import ast
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -314,3 +317,35 @@ def test_submit_retries_a_409_with_retry_after_but_not_other_4xx():
 
     assert transient(status(409, **{"Retry-After": "1"})) and transient(status(500))
     assert not transient(status(409)) and not transient(status(422)) and not transient(ValueError())
+
+
+def _group_of_two(tmp_path) -> tuple[subprocess.Popen, int]:
+    """A leader in its own session and a child of it in the same process group; the child's pid."""
+    from devstack.processes import spawn
+
+    pid_file = tmp_path / "child.pid"
+    leader = spawn([sys.executable, "-c", "import subprocess, sys, time; "
+                    "c = subprocess.Popen(['sleep', '60']); open(sys.argv[1], 'w').write(str(c.pid)); time.sleep(60)",
+                    str(pid_file)], dict(os.environ), tmp_path / "log")
+    deadline = time.time() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    return leader, int(pid_file.read_text())
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_end_process_signals_the_group_or_the_leader_alone(tmp_path, group):
+    """group=False is how a Ray head is stopped: `ray start` alone is told, and ends what it started."""
+    from devstack.processes import _alive, end_process
+
+    leader, child = _group_of_two(tmp_path)
+    try:
+        end_process(leader, timeout=10, group=group)
+        assert leader.poll() is not None
+        time.sleep(0.3)
+        assert _alive(child) is not group
+    finally:
+        try:
+            os.killpg(leader.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -17,6 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.waiting import retrying, wait_for
+from service.states import SUCCEEDED, TERMINAL_STATES
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +29,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UI_TIMEOUT_MS = 60_000
 JOB_TIMEOUT_S = 600
-TERMINAL = ("succeeded", "failed", "cancelled")
 # A job small enough to finish in about a minute on 2 cores: one round of two probes, a short full run.
 JOB_OVERRIDES = {"name": "ui-e2e", "tuning.max_rounds": 1, "budget.train_tokens": 8192}
 
@@ -65,26 +67,25 @@ def browser_context(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def job(api_server):
-    r = httpx.post(f"{api_server.url}/v1/jobs", json={"preset": "shakespeare-tiny", "overrides": JOB_OVERRIDES},
-                   headers=api_server.headers(), timeout=60)
-    assert r.status_code == 201, r.text
-    return r.json()
+    """The job, submitted under one Idempotency-Key; a 503 (Ray slow on a busy machine) is tried again."""
+    headers = {**api_server.headers(), "Idempotency-Key": f"ui-e2e-{time.time()}"}
+    body = {"preset": "shakespeare-tiny", "overrides": JOB_OVERRIDES}
+    return retrying(lambda: httpx.post(f"{api_server.url}/v1/jobs", json=body, headers=headers, timeout=60)
+                    .raise_for_status().json(), "the API to accept the job", 300, say=print)
 
 
 @pytest.fixture(scope="module")
 def finished_job(api_server, job):
-    deadline = time.time() + JOB_TIMEOUT_S
-    while time.time() < deadline:
-        state = get(api_server, f"/v1/jobs/{job['id']}")
-        if state["state"] in TERMINAL:
-            assert state["state"] == "succeeded", get(api_server, f"/v1/jobs/{job['id']}/logs?tail=60")
-            return state
-        time.sleep(3)
-    raise AssertionError(f"job {job['id']} not finished after {JOB_TIMEOUT_S}s: {state}")
+    state = wait_for(lambda: get(api_server, f"/v1/jobs/{job['id']}"), lambda s: s["state"] in TERMINAL_STATES,
+                     JOB_TIMEOUT_S, f"job {job['id']} to end", every=3)
+    assert state["state"] == SUCCEEDED, get(api_server, f"/v1/jobs/{job['id']}/logs?tail=60")
+    return state
 
 
 def get(api_server, path: str) -> dict:
     r = httpx.get(f"{api_server.url}{path}", headers=api_server.headers(), timeout=60)
+    if r.status_code >= 500:
+        r.raise_for_status()  # waited out by wait_for (devstack.waiting.transient)
     assert r.status_code == 200, r.text
     return r.json()
 

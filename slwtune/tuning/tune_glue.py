@@ -99,7 +99,7 @@ def probe_trial(config: dict) -> None:
     except Exception as exc:  # the trial fails alone; the driver records it as `failed` (and retries it once)
         if uri and run_id:
             tracking.best_effort("tag the crashed probe", tracking.set_tags, uri, run_id,
-                                 {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: str(exc)[-500:]})
+                                 {M.TAG_VERDICT: M.FAILED, M.TAG_REASON: f"{type(exc).__name__}: {exc}"[-500:]})
             tracking.best_effort("end the crashed probe", tracking.end_run, uri, run_id,
                                  tracking.run_status(M.FAILED))
         raise

@@ -83,7 +83,10 @@ class RayHead:
         while len(set(ports.values())) < len(RAY_PORT_FLAGS):
             ports = {k: free_port() for k in RAY_PORT_FLAGS}
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S: on SIGTERM Ray 2.6x drains the node for up to 30 s
+        # (for Ray Serve proxies) once it has run jobs; this head serves none, so it stops at once.
         env.update(self.client_env, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
+                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
                    SLWTUNE_STORAGE=str(self.temp_dir / "ray_results"), **{STACK_MARKER: self.marker})
         cmd = [venv_bin("ray"), "start", "--head", "--block", "--temp-dir", str(self.temp_dir),
                "--num-cpus", str(self.num_cpus), "--dashboard-host", LOOPBACK_HOST,
@@ -95,8 +98,8 @@ class RayHead:
         return self
 
     def stop(self) -> None:
-        # `ray start --block` stops its own processes in ~2 s when it alone gets SIGTERM; signalled
-        # with all of them at once it waits 30 s on them. What outlives it carries the marker.
+        # `ray start --block` alone gets SIGTERM and stops its own processes (~2 s); signalled with
+        # all of them at once it waited out its drain. What outlives it carries the marker.
         end_process(self.proc, timeout=30, group=False)
         end_marked(self.marker)
         shutil.rmtree(self.temp_dir, ignore_errors=True)

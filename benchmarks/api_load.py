@@ -130,6 +130,8 @@ def fill_registry(db_url: str, n: int, principal: str, running_share: float) -> 
     from sqlalchemy.orm import Session
 
     from service.db import JobRow, create_tables, make_engine, utcnow
+    from service.states import CANCELLED, FAILED, RUNNING, SUCCEEDED
+    from slwtune import metrics as M
     from slwtune.spec import load_spec
 
     spec = load_spec("shakespeare-tiny").to_dict()
@@ -141,14 +143,14 @@ def fill_registry(db_url: str, n: int, principal: str, running_share: float) -> 
         for i in range(n):
             job_id = f"slw-bench{i:015d}"
             running = rng.random() < running_share
-            state = "running" if running else rng.choice(["succeeded", "succeeded", "succeeded", "failed", "cancelled"])
-            done = state == "succeeded"
+            state = RUNNING if running else rng.choice([SUCCEEDED, SUCCEEDED, SUCCEEDED, FAILED, CANCELLED])
+            done = state == SUCCEEDED
             when = now - timedelta(minutes=n - i)
             s.add(JobRow(id=job_id, principal=principal, name=spec["name"], spec=spec, state=state,
-                         phase="full_run" if done else ("probing" if running else "selecting"),
+                         phase=M.PHASE_FULL_RUN if done else (M.PHASE_PROBING if running else M.PHASE_SELECTING),
                          progress="done" if done else "round 1", ray_submission_id=job_id, ray_status=None,
                          chosen={"start_length": 8, "duration_steps": 32} if done else None,
-                         error="no stable configuration" if state == "failed" else None,
+                         error="no stable configuration" if state == FAILED else None,
                          mlflow_tracking_uri=None, created_at=when, updated_at=when))
             ids.append(job_id)
         s.commit()

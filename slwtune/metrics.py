@@ -121,6 +121,7 @@ REPORT_REUSED_PROBE_TOKENS = "reused_probe_tokens"
 REPORT_NET_TUNING_FRACTION = "net_tuning_fraction"
 REPORT_PROBE_STEPS = "probe_steps"
 REPORT_NOTES = "notes"
+REPORT_EVALUATION = "evaluation"      # the evaluation's noise as the probes measured it, against the plan's
 REPORT_VIOLATIONS = "violations"
 REPORT_ADVICE = "advice"              # what to change when no probe was stable
 REPORT_PARENT_RUN_ID = "mlflow_parent_run_id"

@@ -11,6 +11,7 @@ from pathlib import Path
 from slwtune.pacing import make_pacing
 from slwtune.simulation import Landscape, control_probe_tokens, landscape_runner
 from slwtune.spec import JobSpec
+from slwtune.tuning.evidence import SEQUENCE_LOSS_SD, eval_noise  # noqa: F401 - plan's names
 from slwtune.tuning.loop import run_search
 from slwtune.tuning.results import probe_spec
 from slwtune.tuning.searches import make_search
@@ -95,30 +96,6 @@ def planned_model_config(spec: JobSpec, vocab: int):
     from slwtune.model import config_from_spec
 
     return config_from_spec(spec, vocab)
-
-
-# Spread (nats) of the evaluation's batch means, scaled to one sequence (batch SD x sqrt(batch size)),
-# measured on the demo GPT in its probe window (docs/results.md, "Verdicts"): the evaluation's standard
-# error is about this / sqrt(eval sequences). A plan-time estimate: the run reports its own (val/loss_se).
-SEQUENCE_LOSS_SD = 0.40
-
-
-def eval_noise(spec: JobSpec) -> dict:
-    """How noisy one evaluation is against the fluctuation tolerance, and how large it should be.
-
-    A rise counts only above both ln(1 + ppl_rise_tolerance) and val_se_sigmas x the combined
-    standard error of two evaluations (sqrt(2) x one's). The evaluation is large enough when its
-    standard error is at most half the tolerance (in nats): then the noise bar is within ~1.4x
-    the tolerance at the default 2 standard errors, and a rise the size of a few tolerances is
-    never noise."""
-    t = spec.tuning.stability
-    sequences = spec.run.eval_batches * (spec.run.eval_batch_size or spec.data.batch_size)
-    se = SEQUENCE_LOSS_SD / math.sqrt(sequences)
-    tolerance = math.log1p(t.ppl_rise_tolerance)
-    target_se = tolerance / 2
-    needed = math.ceil((SEQUENCE_LOSS_SD / target_se) ** 2) if tolerance > 0 else 1
-    return {"eval_sequences": sequences, "eval_se_estimate": se, "eval_se_target": target_se,
-            "eval_sequences_needed": needed, "eval_large_enough": sequences >= needed}
 
 
 def make_plan(spec: JobSpec) -> dict:

@@ -110,9 +110,9 @@ def test_the_library_points_down_only():
 # and the names the service shares load no framework, so the service, `plan` and the tests of the
 # method run without torch, Ray, MLflow or Optuna.
 PURE_CORE = ("slwtune.files", "slwtune.metrics", "slwtune.spec", "slwtune.pacing", "slwtune.schedule",
-             "slwtune.tuning.strategies", "slwtune.tuning.results", "slwtune.tuning.loop", "slwtune.tuning.race",
-             "slwtune.tuning.decision", "slwtune.tuning.report", "slwtune.tuning.searches", "slwtune.simulation",
-             "slwtune.plan", "slwtune.job", "slwtune.tracking", "service.states")
+             "slwtune.tuning.strategies", "slwtune.tuning.results", "slwtune.tuning.evidence", "slwtune.tuning.loop",
+             "slwtune.tuning.race", "slwtune.tuning.decision", "slwtune.tuning.report", "slwtune.tuning.searches",
+             "slwtune.simulation", "slwtune.plan", "slwtune.job", "slwtune.tracking", "service.states")
 FRAMEWORKS = ("torch", "ray", "mlflow", "optuna", "numpy")
 
 

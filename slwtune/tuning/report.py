@@ -11,6 +11,7 @@ from slwtune import metrics as M
 from slwtune.files import REPORT_FILE, REPORT_MARKDOWN
 from slwtune.pacing import make_pacing
 from slwtune.schedule import steps_for_tokens
+from slwtune.tuning.evidence import evaluation_note, measured_evaluation
 from slwtune.tuning.results import probe_spec
 
 ADVICE_NONE_STABLE = [
@@ -96,6 +97,8 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
     if (decision or {}).get("raced") and reuse_probe:  # the full run continues from that arm's race checkpoint
         arm = decision["arms"]["baseline" if (runs_baseline or chosen is None) else "slw"]
         reused = arm["tokens"] if arm["checkpoint"] else 0
+    evaluation = measured_evaluation(spec, [*probes, control])
+    notes = [*notes, *filter(None, [evaluation_note(evaluation)])]
     return {
         M.REPORT_JOB_ID: job_id,
         M.REPORT_NAME: spec.name,
@@ -118,7 +121,8 @@ def build_report(*, spec, job_id: str, strategy: str, probes: list, chosen, note
         M.REPORT_REUSED_PROBE_TOKENS: reused,
         M.REPORT_NET_TUNING_FRACTION: (tuning_tokens - reused) / full_tokens,
         M.REPORT_PROBE_STEPS: spec.probe_steps(),
-        M.REPORT_NOTES: list(notes),
+        M.REPORT_NOTES: notes,
+        M.REPORT_EVALUATION: evaluation,
         M.REPORT_VIOLATIONS: list(violations),
         M.REPORT_ADVICE: list(ADVICE_NONE_STABLE) if outcome == M.OUTCOME_NONE_STABLE else [],
         M.REPORT_PARENT_RUN_ID: parent_run_id,
@@ -162,6 +166,7 @@ def report_markdown(report: dict) -> str:
         lines += [f"| {c['start_length']} | {c['duration_steps']} | {c['tokens']:,} | {_fmt(c['val_loss'], '.3f')} | "
                   f"{_fmt(c['control_val_loss'], '.3f')} | {_fmt(c['delta_val_loss'], '+.3f')} |"
                   for c in report.get(M.REPORT_COMPARISON) or []]
+    lines += evaluation_markdown(report.get(M.REPORT_EVALUATION))
     for title, items in (("Notes", report[M.REPORT_NOTES]), ("Monotonicity violations", report[M.REPORT_VIOLATIONS])):
         if items:
             lines += ["", f"## {title}", *[f"- {i}" for i in items]]
@@ -174,6 +179,17 @@ def report_markdown(report: dict) -> str:
                   f"{_fmt(fr.get('final_val_ppl'))}, best {_fmt(fr.get('best_val_ppl'))}, continued from probe: "
                   f"{fr.get('continued_from_probe')}", f"model: {fr.get('model') or '-'}"]
     return "\n".join(lines) + "\n"
+
+
+def evaluation_markdown(evaluation: dict | None) -> list[str]:
+    if not evaluation:
+        return []
+    return ["", "## Evaluation noise (the evidence behind each verdict)",
+            f"standard error {evaluation['se_measured']:.4f} nats (median of {evaluation['probes']} probes' last "
+            f"evaluations; planned {evaluation['se_planned']:.4f}, wanted <= {evaluation['se_target']:.4f}) over "
+            f"{evaluation['eval_sequences']:,} sequences: " + ("large enough" if evaluation["large_enough"] else
+            f"too small, this corpus needs {evaluation['sequences_needed']:,} (run.eval_batches >= "
+            f"{evaluation['eval_batches_needed']})")]
 
 
 def decision_markdown(decision: dict | None) -> list[str]:

@@ -70,6 +70,7 @@ class ProbeResult:
     spike_max_ratio: float | None = None  # the largest spike's loss ratio
     spike_step: int | None = None         # where it was
     resumed_from_step: int | None = None  # its driver was lost mid-probe; it went on from this checkpoint
+    val_loss_se: float | None = None      # its last evaluation's standard error (nats): the evidence behind its verdict
 
     @property
     def probe(self) -> Probe:
@@ -108,7 +109,8 @@ def probe_from(report: dict, knobs: dict, *, round_index: int, error: BaseExcept
         wall_s=float(report.get(M.WALL_S) or 0.0) if wall_s is None else wall_s,
         checkpoint=checkpoint if checkpoint is not None else report_checkpoint(report, knobs),
         trial_id=knobs.get(RESUME_TRIAL_KEY) or trial_id, round=round_index, curve=curve or [], slw=probe.slw,
-        mlflow_unsent=int(report.get(M.MLFLOW_UNSENT) or 0), resumed_from_step=resumed, **spike_fields(report))
+        mlflow_unsent=int(report.get(M.MLFLOW_UNSENT) or 0), resumed_from_step=resumed,
+        val_loss_se=finite_or_none(report.get(M.VAL_LOSS_SE)), **spike_fields(report))
 
 
 def spike_fields(report: dict) -> dict:

@@ -86,6 +86,23 @@ class Decision(BaseModel):
     race_cost_tokens: int | None = Field(None, description="the loser's race tokens: the race's cost")
 
 
+class Evaluation(BaseModel):
+    """The report's `evaluation`: how noisy the probes' evaluations were, against what `plan` assumed and
+    what the fluctuation rule wants (`slwtune.tuning.evidence`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    probes: int | None = Field(None, description="probes whose last evaluation gave a standard error")
+    eval_sequences: int | None = None
+    se_measured: float | None = Field(None, description="median standard error of one evaluation (nats)")
+    se_planned: float | None = Field(None, description="what `slwtune plan` assumed")
+    se_target: float | None = Field(None, description="at most half the fluctuation tolerance")
+    sequences_needed: int | None = None
+    eval_batches_needed: int | None = Field(None, description="the run.eval_batches this data needs")
+    large_enough: bool | None = Field(None, description="false: verdicts were looser than planned (see the note)")
+    noise_bar: float | None = Field(None, description="the smallest rise (nats) the fluctuation rule counted")
+
+
 class ControlProbe(BaseModel):
     """The baseline probe (SLW off over the probe window) the SLW probes are compared with."""
 
@@ -134,6 +151,7 @@ class JobPublic(BaseModel):
     control: ControlProbe | None = None
     baseline_wins: bool | None = Field(None, description="the decision's winner is the baseline (SLW off)")
     decision: Decision | None = Field(None, description="the race between SLW and the control that decided")
+    evaluation: Evaluation | None = Field(None, description="the evaluation's measured noise, against the plan's")
     message: str | None = Field(None, description="the report's plain statement (e.g. SLW is not needed)")
     warnings: list[str] = Field(default_factory=list,
                                 description="what went wrong around the job without failing it (MLflow down)")

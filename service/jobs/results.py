@@ -25,8 +25,8 @@ from service.ray_jobs import RayJobInfo
 OUT_DIR = "out"  # the driver's --out inside the job folder (see submission.driver_command)
 REPORT_MAX_BYTES = 16 << 20  # a real report is tens of KiB
 # The report's fields the job view shows.
-VIEW_KEYS = (M.REPORT_FULL_RUN, M.REPORT_CONTROL, M.REPORT_DECISION, M.REPORT_BASELINE_WINS, M.REPORT_MESSAGE,
-             M.REPORT_WARNINGS, M.REPORT_DISK_BYTES)
+VIEW_KEYS = (M.REPORT_FULL_RUN, M.REPORT_CONTROL, M.REPORT_DECISION, M.REPORT_EVALUATION, M.REPORT_BASELINE_WINS,
+             M.REPORT_MESSAGE, M.REPORT_WARNINGS, M.REPORT_DISK_BYTES)
 NO_STABLE = "no stable configuration"
 INVALID_INPUT = "invalid input"  # what a driver that exited M.EXIT_INVALID was given: the CLI's error says which
 STOPPED_OUTSIDE = "stopped in Ray (`ray job stop` or the dashboard), not through this API"

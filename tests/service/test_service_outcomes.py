@@ -203,3 +203,15 @@ def test_the_job_view_carries_the_race_decision(api):
         ("baseline", False, "budget", 300_000)
     assert decision["gap"] == pytest.approx(-0.153) and decision["race_cost_tokens"] == 232_448
     assert "arms" not in decision  # the curves stay in report.json
+
+
+def test_the_job_view_carries_the_measured_evaluation(api):
+    job = api.submit()
+    done = report(M.OUTCOME_DONE, full_run=full_run(slw=True), control_ppl=25.0)
+    done[M.REPORT_EVALUATION] = {"probes": 3, "eval_sequences": 320, "se_measured": 0.0662, "se_planned": 0.0224,
+                                 "se_target": 0.0244, "sequence_sd": 1.18, "sequences_needed": 2358,
+                                 "eval_batches_needed": 37, "large_enough": False, "noise_bar": 0.187}
+    api.write_report(job["id"], done)
+    got = ended(api, job["id"], "SUCCEEDED", M.EXIT_OK, message=None)["evaluation"]
+    assert (got["large_enough"], got["eval_batches_needed"]) == (False, 37)
+    assert got["se_measured"] == pytest.approx(0.0662) and got["noise_bar"] == pytest.approx(0.187)

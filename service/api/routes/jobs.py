@@ -18,6 +18,7 @@ from service.jobs import actions, reconciliation, submission
 from service.schemas import (
     ControlProbe,
     Decision,
+    Evaluation,
     FullRun,
     JobCreate,
     JobDeleted,
@@ -84,6 +85,7 @@ def job_public(row: JobRow, b: Backends, detail: bool = False) -> JobPublic | Jo
                   outcome=row.outcome, full_run=_part(FullRun, result.get(M.REPORT_FULL_RUN)),
                   control=_part(ControlProbe, result.get(M.REPORT_CONTROL)),
                   decision=_part(Decision, result.get(M.REPORT_DECISION)),
+                  evaluation=_part(Evaluation, result.get(M.REPORT_EVALUATION)),
                   baseline_wins=_typed(result.get(M.REPORT_BASELINE_WINS), bool),
                   message=_typed(result.get(M.REPORT_MESSAGE), str),
                   warnings=[str(w) for w in warnings] if isinstance(warnings, list) else [],

@@ -9,9 +9,10 @@ standard error, which is the per-sequence spread of the loss over sqrt(evaluated
   demo GPT in its probe window (`SEQUENCE_LOSS_SD`, docs/results.md "Verdicts"). The evaluation is
   large enough when its standard error is at most half the tolerance.
 - `measured_evaluation(spec, results)`: the same check from what the probes measured (their last
-  evaluation's `val/loss_se`), after the search. A corpus whose sequences vary more than
-  Shakespeare's (the held-out King James Bible: 0.57-0.69 nats against 0.40) makes the planned
-  evaluation too small; `evaluation_note` says so in the report, with the size this corpus needs.
+  evaluation's `val/loss_se`), after the search. A corpus whose sequences vary more than the plan
+  assumed makes the planned evaluation too small (at the demo's 5 x 64 sequences: Shakespeare 0.51,
+  the held-out King James Bible 1.18 against 0.40); `evaluation_note` says so in the report, with
+  the size this corpus needs.
 
 The race already decides on each arm's own measured standard error; this checks the plan's
 assumption against the probes' measurements in the same way.
@@ -90,9 +91,11 @@ def evaluation_note(measured: dict | None) -> str | None:
     """A report note when the measured evaluation was too noisy for the fluctuation rule, else None."""
     if not measured or measured["large_enough"]:
         return None
+    probes = f"{measured['probes']} probe" + "s" * (measured["probes"] != 1)
     return (f"the evaluation was noisier than planned on this data: standard error {measured['se_measured']:.3f} "
-            f"nats (median of {measured['probes']} probe{'s' * (measured['probes'] != 1)}; plan assumed {measured['se_planned']:.3f}) against the "
+            f"nats (median of {probes}; plan assumed {measured['se_planned']:.3f}) against the "
             f"{measured['se_target']:.3f} the fluctuation rule wants, so verdicts and the race's band are looser "
             f"than planned; for this corpus set run.eval_batches >= {measured['eval_batches_needed']} "
             f"({measured['sequences_needed']:,} sequences, now {measured['eval_sequences']:,}; the validation "
-            f"split must hold that many windows); as it is, rises below {measured['noise_bar']:.3f} nats count as noise")
+            f"split must hold that many windows); as it is, rises below {measured['noise_bar']:.3f} nats count "
+            f"as noise")

@@ -182,6 +182,7 @@ def report_markdown(report: dict) -> str:
 
 
 def evaluation_markdown(evaluation: dict | None) -> list[str]:
+    """The `evaluation` section: the measured noise against the plan's and the rule's."""
     if not evaluation:
         return []
     return ["", "## Evaluation noise (the evidence behind each verdict)",

@@ -189,6 +189,12 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
             _say(f"control (no SLW): {control.get('verdict')}, val ppl {control.get('val_ppl') or float('nan'):.1f}")
         if report.get(M.REPORT_MESSAGE):
             _say(f"                {report[M.REPORT_MESSAGE]}")
+        evaluation = report.get(M.REPORT_EVALUATION) or {}
+        if evaluation:
+            _say(f"evaluation:     standard error {evaluation['se_measured']:.3f} nats (wanted <= "
+                 f"{evaluation['se_target']:.3f}): " + ("large enough" if evaluation["large_enough"] else
+                 f"too small for this data, rises below {evaluation['noise_bar']:.3f} nats were noise "
+                 f"(run.eval_batches >= {evaluation['eval_batches_needed']} would do)"))
         _say(f"tuning cost:    {report[M.REPORT_TUNING_FRACTION]:.1%} of the full run's tokens "
              f"({report[M.REPORT_NET_TUNING_FRACTION]:.1%} net of the probe the full run continued from)")
         full = report.get(M.REPORT_FULL_RUN) or {}

@@ -349,3 +349,24 @@ def test_end_process_signals_the_group_or_the_leader_alone(tmp_path, group):
             os.killpg(leader.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_demo_summary_says_when_the_evaluation_was_too_small_for_the_data(tmp_path, capsys):
+    import json
+    from types import SimpleNamespace
+
+    import devstack.demo as demo
+    from slwtune import metrics as M
+
+    stack = SimpleNamespace(api=SimpleNamespace(root=tmp_path, url="http://api"),
+                            ray=SimpleNamespace(address="http://ray"), mlflow=SimpleNamespace(uri="http://mlflow"))
+    out = tmp_path / "jobs" / "slw-1" / "out"
+    out.mkdir(parents=True)
+    evaluation = {"se_measured": 0.0662, "se_target": 0.0244, "large_enough": False, "noise_bar": 0.187,
+                  "eval_batches_needed": 37}
+    (out / "report.json").write_text(json.dumps({M.REPORT_TUNING_FRACTION: 0.3, M.REPORT_NET_TUNING_FRACTION: 0.2,
+                                                 M.REPORT_EVALUATION: evaluation}))
+    demo._summary({"id": "slw-1", "state": "succeeded"}, stack, tmp_path)
+    said = capsys.readouterr().out
+    assert "standard error 0.066 nats (wanted <= 0.024): too small for this data" in said
+    assert "run.eval_batches >= 37" in said

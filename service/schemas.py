@@ -93,13 +93,15 @@ class Evaluation(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     probes: int | None = Field(None, description="probes whose last evaluation gave a standard error")
-    eval_sequences: int | None = None
+    eval_sequences: int | None = Field(None, description="sequences one evaluation reads")
     se_measured: float | None = Field(None, description="median standard error of one evaluation (nats)")
     se_planned: float | None = Field(None, description="what `slwtune plan` assumed")
-    se_target: float | None = Field(None, description="at most half the fluctuation tolerance")
-    sequences_needed: int | None = None
+    se_target: float | None = Field(
+        None, description="what the fluctuation rule wants: at most half its tolerance, ln(1 + ppl_rise_tolerance)")
+    sequences_needed: int | None = Field(None, description="sequences one evaluation needs on this data")
     eval_batches_needed: int | None = Field(None, description="the run.eval_batches this data needs")
-    large_enough: bool | None = Field(None, description="false: verdicts were looser than planned (see the note)")
+    large_enough: bool | None = Field(
+        None, description="false: verdicts and the race's band were looser than planned (the report's note says why)")
     noise_bar: float | None = Field(None, description="the smallest rise (nats) the fluctuation rule counted")
 
 

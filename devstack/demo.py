@@ -24,6 +24,7 @@ from devstack.waiting import get_json, retrying
 from service import states as S
 from slwtune import metrics as M
 from slwtune.files import REPORT_FILE
+from slwtune.tuning.evidence import evaluation_line
 
 # How long one read may keep failing transiently (5xx, timeouts, no connection) before the demo gives
 # up: the API and MLflow share the machine's cores with the probes, and answer slowly while they train.
@@ -191,10 +192,7 @@ def _summary(job: dict, stack: LocalStack, root: Path) -> int:
             _say(f"                {report[M.REPORT_MESSAGE]}")
         evaluation = report.get(M.REPORT_EVALUATION) or {}
         if evaluation:
-            _say(f"evaluation:     standard error {evaluation['se_measured']:.3f} nats (wanted <= "
-                 f"{evaluation['se_target']:.3f}): " + ("large enough" if evaluation["large_enough"] else
-                 f"too small for this data, rises below {evaluation['noise_bar']:.3f} nats were noise "
-                 f"(run.eval_batches >= {evaluation['eval_batches_needed']} would do)"))
+            _say(f"evaluation:     {evaluation_line(evaluation)}")
         _say(f"tuning cost:    {report[M.REPORT_TUNING_FRACTION]:.1%} of the full run's tokens "
              f"({report[M.REPORT_NET_TUNING_FRACTION]:.1%} net of the probe the full run continued from)")
         full = report.get(M.REPORT_FULL_RUN) or {}

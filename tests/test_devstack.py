@@ -362,11 +362,12 @@ def test_demo_summary_says_when_the_evaluation_was_too_small_for_the_data(tmp_pa
                             ray=SimpleNamespace(address="http://ray"), mlflow=SimpleNamespace(uri="http://mlflow"))
     out = tmp_path / "jobs" / "slw-1" / "out"
     out.mkdir(parents=True)
-    evaluation = {"se_measured": 0.0662, "se_target": 0.0244, "large_enough": False, "noise_bar": 0.187,
-                  "eval_batches_needed": 37}
+    evaluation = {"probes": 3, "eval_sequences": 320, "se_measured": 0.0662, "se_planned": 0.0224,
+                  "se_target": 0.0244, "sequences_needed": 2358, "eval_batches_needed": 37, "large_enough": False,
+                  "noise_bar": 0.187}
     (out / "report.json").write_text(json.dumps({M.REPORT_TUNING_FRACTION: 0.3, M.REPORT_NET_TUNING_FRACTION: 0.2,
                                                  M.REPORT_EVALUATION: evaluation}))
     demo._summary({"id": "slw-1", "state": "succeeded"}, stack, tmp_path)
     said = capsys.readouterr().out
-    assert "standard error 0.066 nats (wanted <= 0.024): too small for this data" in said
-    assert "run.eval_batches >= 37" in said
+    assert "evaluation:     standard error 0.066 nats" in said and "wanted <= 0.024" in said
+    assert "too small, this corpus needs 2,358 sequences (run.eval_batches >= 37" in said

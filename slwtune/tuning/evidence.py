@@ -87,15 +87,23 @@ def noise_bar(spec: JobSpec, se: float) -> float:
     return max(math.log1p(t.ppl_rise_tolerance), t.val_se_sigmas * math.sqrt(2) * se)
 
 
+def evaluation_line(measured: dict) -> str:
+    """One line on the measured evaluation (report.md, the note, the demo's summary): its standard error
+    against the planned and the wanted one, and, when it falls short, what this data needs."""
+    probes = f"{measured['probes']} probe" + "s" * (measured["probes"] != 1)
+    head = (f"standard error {measured['se_measured']:.3f} nats (median of {probes}; planned "
+            f"{measured['se_planned']:.3f}, wanted <= {measured['se_target']:.3f}) over "
+            f"{measured['eval_sequences']:,} sequences: ")
+    if measured["large_enough"]:
+        return head + "large enough"
+    return head + (f"too small, this corpus needs {measured['sequences_needed']:,} sequences (run.eval_batches >= "
+                   f"{measured['eval_batches_needed']}, if its validation split holds that many windows); rises below "
+                   f"{measured['noise_bar']:.3f} nats count as noise")
+
+
 def evaluation_note(measured: dict | None) -> str | None:
     """A report note when the measured evaluation was too noisy for the fluctuation rule, else None."""
     if not measured or measured["large_enough"]:
         return None
-    probes = f"{measured['probes']} probe" + "s" * (measured["probes"] != 1)
-    return (f"the evaluation was noisier than planned on this data: standard error {measured['se_measured']:.3f} "
-            f"nats (median of {probes}; plan assumed {measured['se_planned']:.3f}) against the "
-            f"{measured['se_target']:.3f} the fluctuation rule wants, so verdicts and the race's band are looser "
-            f"than planned; for this corpus set run.eval_batches >= {measured['eval_batches_needed']} "
-            f"({measured['sequences_needed']:,} sequences, now {measured['eval_sequences']:,}; the validation "
-            f"split must hold that many windows); as it is, rises below {measured['noise_bar']:.3f} nats count "
-            f"as noise")
+    return ("the evaluation was noisier than planned on this data, so verdicts and the race's band are looser "
+            f"than planned: {evaluation_line(measured)}")

@@ -11,7 +11,7 @@ from slwtune import metrics as M
 from slwtune.files import REPORT_FILE, REPORT_MARKDOWN
 from slwtune.pacing import make_pacing
 from slwtune.schedule import steps_for_tokens
-from slwtune.tuning.evidence import evaluation_note, measured_evaluation
+from slwtune.tuning.evidence import evaluation_line, evaluation_note, measured_evaluation
 from slwtune.tuning.results import probe_spec
 
 ADVICE_NONE_STABLE = [
@@ -185,12 +185,7 @@ def evaluation_markdown(evaluation: dict | None) -> list[str]:
     """The `evaluation` section: the measured noise against the plan's and the rule's."""
     if not evaluation:
         return []
-    return ["", "## Evaluation noise (the evidence behind each verdict)",
-            f"standard error {evaluation['se_measured']:.4f} nats (median of {evaluation['probes']} probes' last "
-            f"evaluations; planned {evaluation['se_planned']:.4f}, wanted <= {evaluation['se_target']:.4f}) over "
-            f"{evaluation['eval_sequences']:,} sequences: " + ("large enough" if evaluation["large_enough"] else
-            f"too small, this corpus needs {evaluation['sequences_needed']:,} (run.eval_batches >= "
-            f"{evaluation['eval_batches_needed']})")]
+    return ["", "## Evaluation noise (the evidence behind each verdict)", evaluation_line(evaluation)]
 
 
 def decision_markdown(decision: dict | None) -> list[str]:
